@@ -1,0 +1,91 @@
+"""``medlm-prepare``: turn published datasets (and, later, hub files) into what training reads.
+
+One subcommand per job. A subcommand is a pair of functions: ``add_<name>(subparsers)`` declares
+its arguments and sets ``func`` to ``run_<name>(args) -> int``; list it in ``SUBCOMMANDS``.
+Every user error is a ``MedlmError``: ``main`` prints ``error: <message>`` on one line and returns 2
+(``medlm.utils.cli.user_errors``, shared by every entry point).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from medlm.utils.cli import USER_ERROR_EXIT, user_errors
+
+
+def add_medquad(subparsers: argparse._SubParsersAction) -> None:
+    from medlm.data.medquad import DEFAULT_MAX_TOKENS, FORMATS
+
+    p = subparsers.add_parser(
+        "medquad",
+        help="MedQuAD XML/CSV -> Alpaca train/val/test JSONL",
+        description="Convert MedQuAD (a root of source folders of XML files, one XML file, or the "
+        "question,answer,source,focus_area CSV export) into Alpaca records "
+        "{instruction, input, output} in OUT_DIR/{train,val,test}.jsonl.",
+    )
+    p.add_argument("src", metavar="SRC", help="MedQuAD root folder, an XML file, or a CSV file/folder")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="where train.jsonl, val.jsonl, test.jsonl go")
+    p.add_argument("--format", dest="fmt", choices=FORMATS, default="auto",
+                   help="input format (default: from the suffix / the files in SRC)")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
+                   help="drop records whose Alpaca prompt + answer exceed N GPT-2 tokens; 0 keeps all "
+                   "(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
+    p.add_argument("--val-frac", type=float, default=0.05, metavar="F", help="(default: %(default)s)")
+    p.add_argument("--test-frac", type=float, default=0.05, metavar="F", help="(default: %(default)s)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip malformed files/rows and count them, instead of stopping at the first")
+    p.set_defaults(func=run_medquad)
+
+
+def run_medquad(args: argparse.Namespace) -> int:
+    from medlm.data.medquad import convert, format_summary
+
+    summary = convert(
+        args.src,
+        args.out_dir,
+        fmt=args.fmt,
+        max_tokens=args.max_tokens or None,
+        seed=args.seed,
+        val_frac=args.val_frac,
+        test_frac=args.test_frac,
+        skip_bad=args.skip_bad,
+    )
+    for problem in summary.problems:
+        print(f"warning: skipped {problem}", file=sys.stderr)
+    print(format_summary(summary))
+    print(f"wrote {', '.join(str(p) for p in summary.outputs.values())}")
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_medquad]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medlm-prepare",
+        description="Prepare datasets and files for medlm runs, including offline nodes.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)  # a usage error: argparse prints it, SystemExit(2)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return USER_ERROR_EXIT
+        with user_errors():  # a MedlmError: "error: <message>" on stderr, SystemExit(2)
+            return args.func(args)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else USER_ERROR_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
