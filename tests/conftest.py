@@ -1,0 +1,63 @@
+"""Shared fixtures. Tests that read ../shared are marked ``shared_data``: without the files they
+skip, unless ``--require-shared-data`` or ``MEDLM_REQUIRE_SHARED_DATA=1`` (CI) turns that skip into
+a failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--require-shared-data", action="store_true",
+                     help="fail, instead of skipping, tests whose real data files are missing")
+
+
+def _require(request: pytest.FixtureRequest, path: Path, what: str) -> Path:
+    if path.exists():
+        return path
+    msg = f"{what} not found at {path}"
+    if request.config.getoption("--require-shared-data") or os.environ.get("MEDLM_REQUIRE_SHARED_DATA") == "1":
+        pytest.fail(msg + " (real data is required: --require-shared-data / MEDLM_REQUIRE_SHARED_DATA=1)")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(request: pytest.FixtureRequest) -> Path:
+    """The real datasets: MEDLM_DATA_DIR, else ../shared/data."""
+    path = Path(os.environ.get("MEDLM_DATA_DIR", SHARED / "data"))
+    return _require(request, path, "real data directory (MEDLM_DATA_DIR)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiktoken_cache(request: pytest.FixtureRequest) -> None:
+    """Make tiktoken's GPT-2 files reachable offline for every test."""
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken-cache").exists():
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken-cache")
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never touch the network: the Hugging Face libraries are told to stay offline."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random GPT-2 saved by transformers: the offline stand-in for hub weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny_hf_gpt2")
+    config = GPT2Config(vocab_size=50257, n_positions=256, n_embd=32, n_layer=2, n_head=2)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    return path
