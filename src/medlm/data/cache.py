@@ -1,0 +1,92 @@
+"""On-disk cache of tokenised arrays, so that a second run skips formatting and tokenising.
+
+An array is stored as ``<cache_dir>/<name>-<key>.npy``. The key is a hash of everything the
+tokens depend on: the source's identity (a local file's path, size and mtime, or a hub id, config
+and revision), the template, the tokenizer and the split's seed and fraction. Changing any of them
+gives a new file; stale files are never read. Files are written through
+:func:`medlm.utils.io.atomic_path`, so an interrupted run leaves no half-written array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from medlm.utils.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def default_cache_dir() -> Path:
+    """``$MEDLM_CACHE_DIR``, else ``<cwd>/.cache/medlm``."""
+    env = os.environ.get("MEDLM_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.cwd() / ".cache" / "medlm"
+
+
+def file_identity(path: str | os.PathLike) -> dict[str, Any]:
+    """What changes when a local data file changes: its absolute path, size and mtime."""
+    p = Path(path).resolve()
+    st = p.stat()
+    return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def hub_identity(hub_id: str, config: str | None, revision: str | None, split: str) -> dict[str, Any]:
+    """A hub dataset is identified by its id, config, revision (None: the main branch) and split."""
+    return {"hub_id": hub_id, "config": config, "revision": revision or "main", "split": split}
+
+
+def cache_key(**parts: Any) -> str:
+    """A stable hash of JSON-serialisable parts; the order of keyword arguments does not matter."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+class TokenCache:
+    """Token arrays on disk, built once by a caller-supplied function."""
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None) -> None:
+        self.dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+    def path(self, name: str, key: str) -> Path:
+        if not _NAME.match(name) or not _NAME.match(key):
+            raise ValueError(f"cache name and key must be plain file-name parts, got {name!r}, {key!r}")
+        return self.dir / f"{name}-{key}.npy"
+
+    def load(self, name: str, key: str) -> np.ndarray | None:
+        """The cached array (memory-mapped, read-only), or None when absent or unreadable."""
+        path = self.path(name, key)
+        if not path.is_file():
+            return None
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:  # written by something other than this class
+            log.warning("ignoring unreadable cache file %s (%s); rebuilding it", path, err)
+            return None
+
+    def save(self, name: str, key: str, tokens: np.ndarray) -> Path:
+        path = self.path(name, key)
+        with atomic_path(path) as tmp:
+            # A file object, not a name: np.save would append ".npy" to the temporary name.
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(tokens), allow_pickle=False)
+        return path
+
+    def get_or_build(self, name: str, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
+        """Return the cached array for (name, key); on a miss call ``build`` and store its result."""
+        cached = self.load(name, key)
+        if cached is not None:
+            log.info("%s: %d tokens from cache %s", name, len(cached), self.path(name, key))
+            return cached
+        tokens = build()
+        path = self.save(name, key, tokens)
+        log.info("%s: tokenised %d tokens into %s", name, len(tokens), path)
+        return tokens

@@ -1,0 +1,241 @@
+"""Where a dataset's records come from, and reading them with errors that point at the bad line.
+
+Resolution order, the same for every dataset:
+1. an explicit ``data.path`` (a file, or a directory holding one of the dataset's file names);
+2. ``$MEDLM_DATA_DIR/<dataset subdir>`` when it holds one of those names;
+3. the Hugging Face Hub through ``datasets.load_dataset(hub_id, config, split=...)``.
+
+Local files are JSON (one document, or JSON Lines written under a ``.json`` name, as
+``Dataset.to_json`` does), JSON Lines or parquet. Every record keeps where it came from
+(file and line, row or top-level key) so that a validation error can name it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator, Sequence, Union
+
+from medlm.data.cache import file_identity, hub_identity
+from medlm.errors import ConfigError, DataError, MedlmError
+
+DATA_DIR_ENV = "MEDLM_DATA_DIR"
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One undecoded record and its place in the source, for error messages."""
+
+    origin: str  # the file, or the hub dataset, it came from
+    where: str | None  # "line 3", "row 3" or "item 3"; None for a value under a top-level JSON key
+    key: str | None  # the top-level key of a JSON object file (the PubMed id in ori_pqal.json)
+    data: Any
+
+    def location(self) -> str:
+        return f"{self.origin}: {self.where}" if self.where else self.origin
+
+
+# ---------------------------------------------------------------------------------------- readers
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}): {err.reason}") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read: {err.strerror or err}") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse one JSON document; a syntax error names the file, line and column."""
+    path = Path(path)
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[RawRecord]:
+    """Records of a JSON Lines file; blank lines are skipped; a bad line is named by number."""
+    path = Path(path)
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: line {lineno} column {err.colno}: malformed JSON: {err.msg}") from None
+        yield RawRecord(str(path), f"line {lineno}", None, obj)
+
+
+def read_parquet(path: str | os.PathLike) -> list[RawRecord]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: cannot read parquet: {err}") from None
+    return [RawRecord(str(path), f"row {i}", None, row) for i, row in enumerate(rows)]
+
+
+def _json_records(path: Path) -> list[RawRecord]:
+    text = _read_text(path)
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        first = text.lstrip().split("\n", 1)[0]
+        if err.msg == "Extra data" and _is_json_object(first):  # JSON Lines under a .json name
+            return list(iter_jsonl(path))
+        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+    if isinstance(doc, dict):
+        return [RawRecord(str(path), None, str(k), v) for k, v in doc.items()]
+    if isinstance(doc, list):
+        return [RawRecord(str(path), f"item {i}", None, v) for i, v in enumerate(doc)]
+    raise DataError(f"{path}: expected a JSON object or list of records, got {type(doc).__name__}")
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def read_records(path: str | os.PathLike) -> list[RawRecord]:
+    """All records of a ``.json``, ``.jsonl``/``.ndjson`` or ``.parquet`` file."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return list(iter_jsonl(path))
+    if suffix == ".json":
+        return _json_records(path)
+    if suffix == ".parquet":
+        return read_parquet(path)
+    raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; expected .json, .jsonl or .parquet")
+
+
+# ---------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class LocalSource:
+    """One or more local files (several: the shards of one split)."""
+
+    files: tuple[Path, ...]
+
+    def identity(self) -> dict[str, Any]:
+        return {"files": [file_identity(f) for f in self.files]}
+
+    def describe(self) -> str:
+        return str(self.files[0]) if len(self.files) == 1 else f"{self.files[0].parent} ({len(self.files)} files)"
+
+    def records(self) -> Iterator[RawRecord]:
+        for f in self.files:
+            yield from read_records(f)
+
+
+@dataclass(frozen=True)
+class HubSource:
+    """A split of a Hugging Face Hub dataset; the hints only shape the message when it is unreachable."""
+
+    hub_id: str
+    config: str | None
+    split: str = "train"
+    revision: str | None = None
+    hint_subdir: str = field(default="", compare=False)
+    hint_file: str = field(default="", compare=False)
+    note: str = field(default="", compare=False)
+
+    def identity(self) -> dict[str, Any]:
+        return hub_identity(self.hub_id, self.config, self.revision, self.split)
+
+    def describe(self) -> str:
+        config = f", {self.config}" if self.config else ""
+        return f"hub {self.hub_id} ({self.split}{config})"
+
+    def unreachable_message(self) -> str:
+        config = f" ({self.config})" if self.config else ""
+        return (
+            f"cannot reach the Hugging Face Hub for {self.hub_id}{config} and no local data is "
+            f"configured: set data.path=/path/to/{self.hint_file} or {DATA_DIR_ENV}=/path/to/data "
+            f"(with {self.hint_subdir}/{self.hint_file}), or stage the data with medlm-prepare"
+            + self.note
+        )
+
+    def load(self):
+        """``datasets.load_dataset``: the Hub, or the local Hugging Face cache in offline mode."""
+        import datasets
+
+        try:
+            return datasets.load_dataset(self.hub_id, self.config, split=self.split, revision=self.revision)
+        except datasets.exceptions.DatasetNotFoundError as err:
+            if not _offline():
+                raise DataError(f"{self.describe()}: not found on the Hugging Face Hub: {_first_line(err)}") from None
+            raise MedlmError(f"{self.unreachable_message()} [{type(err).__name__}: {_first_line(err)}]") from None
+        except (ConnectionError, TimeoutError, OSError) as err:  # offline, DNS failure, proxy, no cache
+            raise MedlmError(f"{self.unreachable_message()} [{type(err).__name__}: {_first_line(err)}]") from None
+        except ValueError as err:  # an unknown config or split name
+            raise ConfigError(f"{self.describe()}: {_first_line(err)}") from None
+
+    def records(self) -> Iterator[RawRecord]:
+        origin = self.describe()
+        for i, row in enumerate(self.load()):
+            yield RawRecord(origin, f"row {i}", None, row)
+
+
+Source = Union[LocalSource, HubSource]
+
+
+def _offline() -> bool:
+    import datasets
+
+    return bool(datasets.config.HF_HUB_OFFLINE)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def find_data_files(directory: Path, patterns: Sequence[str]) -> tuple[Path, ...]:
+    """The files of the first glob pattern that matches anything in ``directory``, sorted."""
+    if not directory.is_dir():
+        return ()
+    for pattern in patterns:
+        matches = sorted(p for p in directory.glob(pattern) if p.is_file())
+        if matches:
+            return tuple(matches)
+    return ()
+
+
+def resolve_source(path: str | os.PathLike | None, *, subdir: str, patterns: Sequence[str],
+                   hub: HubSource) -> Source:
+    """Pick the source by the order in the module docstring.
+
+    ``patterns`` are the dataset's file names (globs) in order of preference, relative to its
+    directory; ``data.path`` may name that directory or the data root above it (``<root>/<subdir>``).
+    """
+    if path is not None and str(path) != "":
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise DataError(f"data.path={path}: no such file or directory")
+        if p.is_file():
+            return LocalSource((p,))
+        files = find_data_files(p, patterns) or find_data_files(p / subdir, patterns)
+        if not files:
+            raise DataError(f"data.path={path}: directory holds none of {', '.join(patterns)} "
+                            f"(nor {subdir}/ with them)")
+        return LocalSource(files)
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        files = find_data_files(Path(env).expanduser() / subdir, patterns)
+        if files:
+            return LocalSource(files)
+        note = f" ({DATA_DIR_ENV}={env} holds none of {subdir}/{{{', '.join(patterns)}}})"
+        return replace(hub, note=note)
+    return hub
