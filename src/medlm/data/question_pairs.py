@@ -1,0 +1,252 @@
+"""Curai's medical question pairs (3,048 pairs, 1 = same meaning) as a sequence-classification task.
+
+Sources: the published CSV (no header; doctor id, question 1, question 2, label) given as ``path``
+or found at ``$MEDLM_DATA_DIR/medical_question_pairs/mqp.csv``; otherwise the Hub's
+``curaihealth/medical_questions_pairs`` (fields dr_id, question_1, question_2, label).
+
+Each original question (question_1) appears in two pairs: one rewrite with the same meaning and
+one with a different meaning. Splits keep both pairs of a question together, so that no test
+question was seen in training. Batches are ``{"input_ids", "attention_mask"}`` (B, T), right-padded
+with ``<|endoftext|>``, and ``labels`` (B,).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from medlm.data.tokenizer import GPT2_EOT, decode, encode
+from medlm.errors import ConfigError, DataError
+
+HUB_ID = "curaihealth/medical_questions_pairs"
+LOCAL_FILE = Path("medical_question_pairs") / "mqp.csv"
+DEFAULT_TEMPLATE = "Question 1: {question_1}\nQuestion 2: {question_2}\nSame meaning:"
+CSV_HEADER = ("dr_id", "question_1", "question_2", "label")
+
+
+@dataclass(frozen=True)
+class QuestionPair:
+    dr_id: str
+    question_1: str
+    question_2: str
+    label: int
+    source: str  # "file:line" or "hub_id record i", for error messages
+
+
+def _check_pair(dr_id: object, q1: object, q2: object, label: object, where: str) -> QuestionPair:
+    for name, q in (("question 1", q1), ("question 2", q2)):
+        if not isinstance(q, str) or not q.strip():
+            raise DataError(f"{where}: {name} is empty")
+    lab = str(label).strip()
+    if lab not in ("0", "1"):
+        raise DataError(f"{where}: label must be 0 or 1, got {label!r}")
+    return QuestionPair(str(dr_id).strip(), q1.strip(), q2.strip(), int(lab), where)
+
+
+def read_pairs_csv(path: str | Path) -> list[QuestionPair]:
+    """Read and check Curai's CSV; a header row named like the Hub's fields is skipped."""
+    path = Path(path)
+    pairs: list[QuestionPair] = []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            line = 1  # first line of the next record (a quoted field may span lines)
+            for row in reader:
+                where, line = f"{path}:{line}", reader.line_num + 1
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue  # blank line
+                if not pairs and tuple(c.strip().lower() for c in row) == CSV_HEADER:
+                    continue
+                if len(row) != 4:
+                    raise DataError(f"{where}: expected 4 columns (doctor id, question 1, question 2, "
+                                    f"label), got {len(row)}")
+                pairs.append(_check_pair(*row, where=where))
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except csv.Error as err:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV: {err}") from None
+    if not pairs:
+        raise DataError(f"{path}: no question pairs")
+    return pairs
+
+
+def read_pairs_hub(hub_id: str = HUB_ID) -> list[QuestionPair]:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(hub_id, split="train")
+    except Exception as err:  # offline, unknown id, network
+        raise DataError(f"cannot load {hub_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
+                        f"set data.path or MEDLM_DATA_DIR to a folder holding {LOCAL_FILE}") from None
+    missing = [c for c in CSV_HEADER if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{hub_id}: records lack the fields {missing} (has {ds.column_names})")
+    return [_check_pair(r["dr_id"], r["question_1"], r["question_2"], r["label"], f"{hub_id} record {i}")
+            for i, r in enumerate(ds)]
+
+
+def split_by_question(pairs: Sequence[QuestionPair], val_fraction: float, test_fraction: float,
+                      seed: int) -> dict[str, list[QuestionPair]]:
+    """Seeded train/val/test split over original questions: pairs sharing question_1 stay together."""
+    groups: dict[str, list[QuestionPair]] = {}
+    for p in pairs:
+        groups.setdefault(p.question_1, []).append(p)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n = len(pairs)
+    want = {"test": round(test_fraction * n), "val": round(val_fraction * n)}
+    out: dict[str, list[QuestionPair]] = {"train": [], "val": [], "test": []}
+    it = iter(keys)
+    for split in ("test", "val"):
+        while len(out[split]) < want[split]:
+            key = next(it, None)
+            if key is None:
+                break
+            out[split].extend(groups[key])
+    for key in it:
+        out["train"].extend(groups[key])
+    if not out["train"]:
+        raise ConfigError(f"data: {n} pairs leave nothing to train on with val_fraction={val_fraction}, "
+                          f"test_fraction={test_fraction}")
+    return out
+
+
+def encode_pair(template: str, q1: str, q2: str, max_length: int) -> list[int]:
+    """Tokens of the filled template, at most ``max_length``; an overlong pair is cut inside its
+    questions (the longer first), so that the template's tail, the token scored, survives."""
+    ids = encode(template.format(question_1=q1, question_2=q2))
+    while len(ids) > max_length:
+        t1, t2 = encode(q1), encode(q2)
+        if not t1 and not t2:
+            return ids[:max_length]  # the template alone is too long
+        for _ in range(len(ids) - max_length):
+            if len(t1) >= len(t2):
+                t1 = t1[:-1]
+            else:
+                t2 = t2[:-1]
+        q1, q2 = decode(t1).rstrip("\ufffd"), decode(t2).rstrip("\ufffd")  # no half characters
+        ids = encode(template.format(question_1=q1, question_2=q2))
+    return ids
+
+
+class PairDataset(Dataset):
+    """Token ids and labels of a list of pairs, tokenised once."""
+
+    def __init__(self, pairs: Iterable[QuestionPair], template: str, max_length: int) -> None:
+        self.pairs = list(pairs)
+        self.examples = [(encode_pair(template, p.question_1, p.question_2, max_length), p.label)
+                         for p in self.pairs]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
+        return self.examples[i]
+
+
+def collate_pairs(batch: Sequence[tuple[list[int], int]], pad_id: int = GPT2_EOT) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example: input_ids, attention_mask (B, T) long; labels (B,) long."""
+    T = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for i, (ids, _) in enumerate(batch):
+        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[i, :len(ids)] = 1
+    labels = torch.tensor([label for _, label in batch], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class QuestionPairsDataModule(L.LightningDataModule):
+    num_labels = 2
+    pad_token_id = GPT2_EOT
+
+    def __init__(self, path: str | None = None, hub_id: str = HUB_ID, template: str = DEFAULT_TEMPLATE,
+                 max_length: int = 128, batch_size: int = 16, val_fraction: float = 0.1,
+                 test_fraction: float = 0.1, seed: int = 1337, num_workers: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        if not isinstance(max_length, int) or max_length < 1:
+            raise ConfigError(f"data.max_length must be a positive integer, got {max_length!r}")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"data.batch_size must be a positive integer, got {batch_size!r}")
+        for key, frac in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0.0 <= frac < 1.0:
+                raise ConfigError(f"data.{key} must be in [0, 1), got {frac!r}")
+        if val_fraction + test_fraction >= 1.0:
+            raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got "
+                              f"{val_fraction} + {test_fraction}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers!r}")
+        try:
+            bare = template.format(question_1="", question_2="")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ConfigError(f"data.template {template!r} is not a format string over {{question_1}} and "
+                              f"{{question_2}}: {type(err).__name__}: {err}") from None
+        if "{question_1}" not in template or "{question_2}" not in template:
+            raise ConfigError(f"data.template must contain {{question_1}} and {{question_2}}, got {template!r}")
+        if len(encode(bare)) >= max_length:
+            raise ConfigError(f"data.template alone takes {len(encode(bare))} tokens, no room for the "
+                              f"questions within data.max_length={max_length}")
+        self.path, self.hub_id, self.template = path, hub_id, template
+        self.max_length, self.batch_size, self.num_workers = max_length, batch_size, num_workers
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self.splits: dict[str, list[QuestionPair]] = {}
+        self.datasets: dict[str, PairDataset] = {}
+
+    def local_file(self) -> Path | None:
+        """The CSV to read: ``path`` (a file, or a folder holding mqp.csv), else under MEDLM_DATA_DIR."""
+        if self.path is not None:
+            p = Path(self.path).expanduser()
+            if p.is_dir():
+                p = p / LOCAL_FILE.name if (p / LOCAL_FILE.name).is_file() else p / LOCAL_FILE
+            if not p.is_file():
+                raise DataError(f"{p}: no such file (data.path)")
+            return p
+        root = os.environ.get("MEDLM_DATA_DIR")
+        if root and (Path(root) / LOCAL_FILE).is_file():
+            return Path(root) / LOCAL_FILE
+        return None
+
+    def read_pairs(self) -> list[QuestionPair]:
+        local = self.local_file()
+        return read_pairs_csv(local) if local is not None else read_pairs_hub(self.hub_id)
+
+    def prepare_data(self) -> None:
+        if self.local_file() is None:
+            read_pairs_hub(self.hub_id)  # download into the datasets cache once, on rank 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        self.splits = split_by_question(self.read_pairs(), self.val_fraction, self.test_fraction, self.seed)
+        self.datasets = {k: PairDataset(v, self.template, self.max_length) for k, v in self.splits.items()}
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                          generator=generator, collate_fn=collate_pairs, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
