@@ -1,0 +1,44 @@
+# medlm: `make train` runs the quickstart experiment, `make test` the tests; both install first.
+PYTHON     ?= python3
+VENV       ?= .venv
+# the PyTorch build to install when the venv has none (an installed torch is kept), e.g.
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+ARGS       ?=
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.medlm-installed
+
+# Offline use of the shared tokenizer files and datasets when they sit beside the project.
+SHARED := $(abspath ../shared)
+ifneq ($(wildcard $(SHARED)/tiktoken-cache),)
+export TIKTOKEN_CACHE_DIR ?= $(SHARED)/tiktoken-cache
+endif
+ifneq ($(wildcard $(SHARED)/data),)
+export MEDLM_DATA_DIR ?= $(SHARED)/data
+endif
+
+.PHONY: install train test bench ui clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e ".[dev]"
+	@touch $@
+
+train: install  ## the quickstart run (override anything: make train ARGS="experiment=biomedgpt_pubmedqa")
+	$(VENV)/bin/medlm-train $(ARGS)
+
+test: install  ## the test suite; MEDLM_REQUIRE_SHARED_DATA=1 turns missing real data into failures
+	$(PY) -m pytest $(ARGS)
+
+bench: install  ## training tokens/s: Lightning vs a plain PyTorch loop
+	$(PY) benchmarks/bench_train.py $(ARGS)
+
+ui: install  ## browse every run
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf logs .cache .pytest_cache

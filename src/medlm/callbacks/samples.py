@@ -1,0 +1,52 @@
+"""Answers generated for a fixed set of validation questions at every validation, logged as artifacts.
+
+The DataModule supplies the prompts (``sample_prompts(n)``, the same questions every epoch) and,
+optionally, the reference answers (``sample_references(n)``); the module supplies the sampling
+settings (``sample_settings``: max_new_tokens, temperature, top_k, top_p).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as L
+
+from medlm.data.tokenizer import GPT2_EOT, decode, encode
+from medlm.models.generation import generate
+from medlm.utils.io import atomic_write
+from medlm.utils.tracking import log_artifact
+
+
+class SampleGenerations(L.Callback):
+    def __init__(self, num_prompts: int = 3, seed: int = 1234) -> None:
+        self.num_prompts = num_prompts
+        self.seed = seed
+        self.history: list[tuple[int, list[str]]] = []  # (epoch, answers), for tests and summaries
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(dm, "sample_prompts"):
+            return
+        prompts = dm.sample_prompts(self.num_prompts)
+        if not prompts:
+            return
+        refs = dm.sample_references(self.num_prompts) if hasattr(dm, "sample_references") else [None] * len(prompts)
+        answers = self.answer(pl_module, prompts)
+        self.history.append((trainer.current_epoch, answers))
+        path = Path(trainer.default_root_dir) / "samples" / f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}.md"
+        with atomic_write(path) as f:
+            f.write(f"# Samples after epoch {trainer.current_epoch}, step {trainer.global_step}\n\n")
+            for i, (prompt, answer, ref) in enumerate(zip(prompts, answers, refs)):
+                f.write(f"## {i}\n\n**Prompt** (end)\n\n```\n{prompt[-600:]}\n```\n\n**Generated**\n\n```\n{answer}\n```\n\n")
+                if ref is not None:
+                    f.write(f"**Reference**\n\n```\n{ref}\n```\n\n")
+        log_artifact(trainer.loggers, path, "samples")
+
+    def answer(self, pl_module: L.LightningModule, prompts: list[str]) -> list[str]:
+        """Generate a continuation for each prompt, its start cut so that prompt and answer fit the context."""
+        settings = dict(pl_module.sample_settings)
+        max_new = int(settings.pop("max_new_tokens", 48))
+        budget = pl_module.net.config.block_size - max_new
+        ids = [encode(p)[-budget:] for p in prompts]
+        out = generate(pl_module.net, ids, max_new, eos_id=GPT2_EOT, seed=self.seed, **settings)
+        return [decode([t for t in toks if t != GPT2_EOT]).strip() for toks in out]

@@ -1,0 +1,131 @@
+"""Causal language modelling: next-token loss and perplexity, AdamW with decay groups, a per-step schedule.
+
+The network, a partial optimizer and a partial scheduler come from Hydra (``_partial_: true``);
+this module owns only the loss, the metrics and the optimisation, so every medlm causal LM
+(GPT-2, Llama; pretraining, fine-tuning, instruction tuning) trains through it.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Callable
+
+import lightning.pytorch as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.optim import Optimizer
+from torchmetrics import MeanMetric
+
+from medlm.errors import ConfigError
+from medlm.models.checkpoint import model_spec
+from medlm.models.kv_cache import document_causal_mask, document_positions
+
+IGNORE_INDEX = -100
+
+
+class CausalLM(L.LightningModule):
+    def __init__(self, net: nn.Module, optimizer: Callable[..., Optimizer],
+                 scheduler: Callable[..., Any] | None = None, samples: dict | None = None) -> None:
+        super().__init__()
+        # the partials are rebuilt from the config, never pickled into checkpoints
+        self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        self.net = net
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.sample_settings = dict(samples or {})
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.tokens_seen = 0
+
+    def forward(self, input_ids: Tensor, doc_ids: Tensor | None = None) -> Tensor:
+        """Logits (B, T, vocab); packed examples (``doc_ids``) attend only within themselves."""
+        if doc_ids is None:
+            return self.net(input_ids)
+        return self.net(input_ids, pos=document_positions(doc_ids), mask=document_causal_mask(doc_ids))
+
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Mean next-token cross-entropy over the labelled tokens, and how many there were."""
+        logits = self(batch["input_ids"], batch.get("doc_ids"))
+        labels = batch["labels"]
+        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+        n_tokens = (labels != IGNORE_INDEX).sum()
+        return total / n_tokens.clamp(min=1), n_tokens
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, n_tokens = self.loss(batch)
+        self.train_loss.update(loss.detach(), n_tokens)
+        self.tokens_seen += batch["input_ids"].numel() * self.trainer.world_size
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        self.log("train/tokens_seen", float(self.tokens_seen), on_step=True, on_epoch=False)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, n_tokens = self.loss(batch)
+        self.val_loss.update(loss, n_tokens)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        loss, n_tokens = self.loss(batch)
+        self.test_loss.update(loss, n_tokens)
+
+    def _log_epoch(self, metric: MeanMetric, stage: str, loss_name: str) -> None:
+        """Token-weighted mean loss of the epoch, and its perplexity."""
+        if not metric.update_called:
+            return
+        loss = metric.compute()
+        self.log(f"{stage}/{loss_name}", loss, prog_bar=stage == "val")
+        self.log(f"{stage}/ppl", torch.exp(loss.clamp(max=50.0)))
+        metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch(self.train_loss, "train", "loss_epoch")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch(self.val_loss, "val", "loss")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch(self.test_loss, "test", "loss")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        # weight decay on matrices and embeddings only, never on biases and norm gains
+        groups = [{"params": [p for p in params if p.dim() >= 2]},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        factory = self.optimizer_factory
+        if isinstance(factory, partial) and "fused" in factory.keywords and factory.keywords["fused"] is None:
+            factory = partial(factory, fused=self.device.type == "cuda")
+        optimizer = factory(groups)
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            raise ConfigError("trainer.max_epochs / trainer.max_steps: the run has no end, so the "
+                              "learning-rate schedule cannot be laid out; set one of them")
+        scheduler = self.scheduler_factory(optimizer, total_steps=int(total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Clip fused AdamW's gradients under bf16 too.
+
+        Lightning refuses to clip for an optimizer that unscales gradients itself (fused AdamW),
+        a guard for fp16 loss scaling; bf16 and fp32 have no scaler, so the gradients are already
+        true gradients and clipping them directly is exact.
+        """
+        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if gradient_clip_val and fused and not str(self.trainer.precision).startswith("16"):
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokens_seen"] = self.tokens_seen
+        checkpoint["medlm_model"] = model_spec(self.net)  # generation and export rebuild the net from it
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
