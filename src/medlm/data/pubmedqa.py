@@ -19,7 +19,6 @@ import logging
 import math
 import random
 import re
-import string
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -29,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from medlm.data import packing
 from medlm.data.cache import TokenCache, cache_key
+from medlm.data.checks import check_number, template_fields
 from medlm.data.packing import EpochShuffleSampler, PackedBlocks
 from medlm.data.sources import HubSource, RawRecord, Source, resolve_source
 from medlm.errors import ConfigError, DataError
@@ -198,10 +198,7 @@ def check_template(template: Any, key: str, labeled: bool = True) -> None:
     """Fail before any data is read on a template that cannot format a record."""
     if not isinstance(template, str) or not template:
         raise ConfigError(f"{key} must be a non-empty string, got {template!r}")
-    try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as err:
-        raise ConfigError(f"{key}: {err} in {template!r} (write literal braces as {{{{ and }}}})") from None
+    names = template_fields(template, key)
     roots = {re.split(r"[.\[!:]", name, maxsplit=1)[0] for name in names}
     unknown = sorted(roots - set(TEMPLATE_FIELDS))
     if unknown:
@@ -213,16 +210,6 @@ def check_template(template: Any, key: str, labeled: bool = True) -> None:
         PubMedQARecord("1", "q", ("c",), "a", "yes").format(template)
     except (ValueError, KeyError, IndexError, AttributeError, TypeError) as err:
         raise ConfigError(f"{key}: cannot format a record with {template!r}: {err}") from None
-
-
-def _check_number(value: Any, key: str, kind: type | tuple[type, ...], low: float, low_ok: bool = True,
-                  high: float | None = None) -> None:
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok:
-        ok = (value >= low if low_ok else value > low) and (high is None or value < high)
-    if not ok:
-        bound = f"{'>=' if low_ok else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        raise ConfigError(f"{key} must be a{'n integer' if kind is int else ' number'} {bound}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------- DataModule
@@ -260,12 +247,12 @@ class PubMedQADataModule(L.LightningDataModule):
         labeled = hub_config != "pqa_unlabeled"
         check_template(template, "data.template", labeled)
         check_template(prompt_template, "data.prompt_template", labeled)
-        _check_number(val_fraction, "data.val_fraction", (int, float), 0, low_ok=False, high=1)
-        _check_number(seed, "data.seed", int, -(2**63))
-        _check_number(block_size, "data.block_size", int, 1)
-        _check_number(batch_size, "data.batch_size", int, 1)
-        _check_number(num_workers, "data.num_workers", int, 0)
-        _check_number(num_sample_questions, "data.num_sample_questions", int, 0)
+        check_number(val_fraction, "data.val_fraction", (int, float), 0, low_ok=False, high=1)
+        check_number(seed, "data.seed", int, -(2**63))
+        check_number(block_size, "data.block_size", int, 1)
+        check_number(batch_size, "data.batch_size", int, 1)
+        check_number(num_workers, "data.num_workers", int, 0)
+        check_number(num_sample_questions, "data.num_sample_questions", int, 0)
         if exclude_official_test and hub_config != "pqa_labeled":
             raise ConfigError("data.exclude_official_test needs data.hub_config=pqa_labeled "
                               f"(the official test split is part of PQA-L), got {hub_config!r}")
@@ -354,7 +341,7 @@ class PubMedQADataModule(L.LightningDataModule):
     def sample_records(self, n: int | None = None) -> list[PubMedQARecord]:
         """The first ``n`` validation records (default ``num_sample_questions``)."""
         n = self.num_sample_questions if n is None else n
-        _check_number(n, "number of sample questions", int, 0)
+        check_number(n, "number of sample questions", int, 0)
         return self.train_val_records()[1][:n]
 
     # ---- tokens (cached)
