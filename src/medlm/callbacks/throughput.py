@@ -55,9 +55,13 @@ class Throughput(L.Callback):
         if self._steps % self.log_every_n_steps:
             return
         tokens_per_sec = self._tokens / (now - self._start)
-        pl_module.log("train/tokens_per_sec", tokens_per_sec, on_step=True, on_epoch=False)
+        metrics = {"train/tokens_per_sec": tokens_per_sec}
         peak = peak_flops(pl_module.device)
         if peak:
             achieved = tokens_per_sec * flops_per_token(pl_module.net, ids.size(1)) / trainer.world_size
-            pl_module.log("train/mfu", achieved / peak, on_step=True, on_epoch=False)
+            metrics["train/mfu"] = achieved / peak
+        # straight to the loggers: through self.log the value would repeat at every step until the next one
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
         self._start, self._tokens = now, 0
