@@ -8,11 +8,12 @@ a PEFT adapter over a HF base model (``export_peft``) and a merged HF model (``e
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from safetensors.torch import save_file
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from medlm.data.tokenizer import GPT2_EOT
 from medlm.errors import ConfigError, MedlmError
+from medlm.models.checkpoint import build_model, model_spec
 from medlm.models.convert import read_hf_config, read_hf_state_dict, write_hf_checkpoint
 from medlm.models.kv_cache import padded_causal_mask
 from medlm.models.lora import apply_lora, lora_layers, lora_state_dict, merge_lora, unmerge_lora
@@ -121,6 +123,42 @@ def lora_classifier(pretrained: str | Path, num_labels: int = 2,
     """
     model = SequenceClassifier.from_pretrained(pretrained, num_labels, pad_token_id=pad_token_id, **overrides)
     return apply_lora(model, targets, r=r, alpha=alpha, dropout=dropout, modules_to_save=["score"])
+
+
+def linear_probe(pretrained: str | Path, num_labels: int = 2, pad_token_id: int | None = None,
+                 **overrides) -> SequenceClassifier:
+    """``SequenceClassifier.from_pretrained`` with the backbone frozen: only ``score`` trains.
+
+    The baseline LoRA is measured against: what the base model's own features tell a linear head.
+    ``overrides`` go to ``GPT2.from_pretrained`` (``dropout=0.0`` keeps the frozen features fixed).
+    """
+    model = SequenceClassifier.from_pretrained(pretrained, num_labels, pad_token_id=pad_token_id, **overrides)
+    model.backbone.requires_grad_(False)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# Rebuilding from a training checkpoint
+
+
+def classifier_spec(model: SequenceClassifier) -> dict[str, Any]:
+    """Plain values that rebuild ``model`` (:func:`build_classifier`): the backbone's class and config,
+    the head, the LoRA settings and which parameters train. Goes into a weights-only checkpoint."""
+    lora = getattr(model, "lora_config", None)
+    return {"backbone": model_spec(model.backbone), "num_labels": model.num_labels,
+            "pad_token_id": model.pad_token_id, "lora": dataclasses.asdict(lora) if lora else None,
+            "trainable": sorted(n for n, p in model.named_parameters() if p.requires_grad)}
+
+
+def build_classifier(spec: dict[str, Any]) -> SequenceClassifier:
+    """The classifier :func:`classifier_spec` describes, with fresh weights (load a state dict into it)."""
+    model = SequenceClassifier(build_model(spec["backbone"]), spec["num_labels"], spec["pad_token_id"])
+    if spec.get("lora"):
+        apply_lora(model, **spec["lora"])
+    trainable = set(spec.get("trainable") or [])
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
