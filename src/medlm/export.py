@@ -1,0 +1,120 @@
+"""medlm-export: a medlm training checkpoint -> a Hugging Face model directory.
+
+    medlm-export logs/llama_medical/runs/<run>/checkpoints/last.ckpt exports/llama_medical
+    medlm-export <LoRA classifier>.ckpt exports/classifier [--merged]
+
+A causal LM (GPT-2 or Llama) becomes config.json + model.safetensors that
+``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits, plus
+generation_config.json and the GPT-2 tokenizer files (vocab.json, merges.txt) when the model was
+trained on GPT-2 tokens. A LoRA sequence-classifier checkpoint is exported by
+``medlm.modules.classifier.export_checkpoint``: a PEFT adapter, or with ``--merged`` the merged
+model. A user error prints one ``error: ...`` line and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from medlm.errors import ConfigError, MedlmError
+from medlm.generate import OneLineErrorParser
+from medlm.generator import GPT2_VOCAB, checkpoint_tokenizer_name, read_checkpoint
+from medlm.models.checkpoint import load_model
+from medlm.models.convert import write_hf_checkpoint
+from medlm.utils.cli import user_errors
+from medlm.utils.io import atomic_path, atomic_write
+
+GPT2_EOT = 50256
+_GPT2_FILES = {  # tiktoken's sources of the gpt2 encoding: OpenAI's encoder.json and vocab.bpe are
+    # byte for byte Hugging Face's vocab.json and merges.txt
+    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+
+
+def export(src: str | Path, out_dir: str | Path, merged: bool = False, force: bool = False) -> list[Path]:
+    """Write the Hugging Face form of checkpoint ``src`` into ``out_dir``; return the files written."""
+    src, out_dir = Path(src), Path(out_dir)
+    ckpt = read_checkpoint(src)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedlmError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise MedlmError(f"{out_dir}: directory is not empty (pass --force to write into it)")
+    if "medlm_classifier" in ckpt:
+        from medlm.modules.classifier import export_checkpoint
+
+        return list(export_checkpoint(src, out_dir, merged))
+    if "medlm_model" not in ckpt:
+        raise MedlmError(f"{src}: not a medlm checkpoint (neither 'medlm_model' nor 'medlm_classifier' entry)")
+    if merged:
+        raise ConfigError(f"--merged: {src} is a causal-LM checkpoint, not a LoRA classifier; there is "
+                          "nothing to merge")
+    return export_causal_lm(src, out_dir, checkpoint_tokenizer_name(ckpt))
+
+
+def export_causal_lm(src: Path, out_dir: Path, tokenizer: str) -> list[Path]:
+    net = load_model(src)
+    if not hasattr(net, "to_hf"):
+        raise MedlmError(f"{src}: {type(net).__name__} has no Hugging Face form (GPT2 and Llama have)")
+    config, state = net.to_hf()
+    gpt2_tokens = tokenizer == "gpt2" and net.config.vocab_size >= GPT2_VOCAB
+    eot = GPT2_EOT if gpt2_tokens else None
+    # HF's Llama defaults (bos 1, eos 2) would be tokens of the GPT-2 vocabulary: say what they are
+    config["bos_token_id"] = config["eos_token_id"] = eot
+    tokenizer_files = gpt2_tokenizer_files(out_dir) if gpt2_tokens else {}  # read before anything is written
+    write_hf_checkpoint(out_dir, config, state)
+    written = [out_dir / "config.json", out_dir / "model.safetensors"]
+    if gpt2_tokens:
+        written.append(_write_json(out_dir / "generation_config.json",
+                                   {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}))
+        for name, data in tokenizer_files.items():
+            with atomic_path(out_dir / name) as tmp:
+                tmp.write_bytes(data)
+            written.append(out_dir / name)
+        token = "<|endoftext|>"
+        written.append(_write_json(out_dir / "tokenizer_config.json", {
+            "tokenizer_class": "GPT2Tokenizer", "model_max_length": net.config.block_size, "bos_token": token,
+            "eos_token": token, "unk_token": token, "add_prefix_space": False, "add_bos_token": False}))
+    return written
+
+
+def gpt2_tokenizer_files(out_dir: Path) -> dict[str, bytes]:
+    """Hugging Face's vocab.json and merges.txt of GPT-2, from tiktoken's cached files (offline through
+    TIKTOKEN_CACHE_DIR), so that ``AutoTokenizer.from_pretrained`` reads the exported directory."""
+    from tiktoken.load import read_file_cached
+
+    files = {}
+    for name, (url, sha256) in _GPT2_FILES.items():
+        try:
+            files[name] = read_file_cached(url, sha256)
+        except Exception as err:  # not cached and offline, or a corrupt cache entry
+            raise MedlmError(f"cannot read GPT-2's {url.rsplit('/', 1)[1]} for {out_dir / name} "
+                             f"({type(err).__name__}); point TIKTOKEN_CACHE_DIR at tiktoken's cached files") from None
+    return files
+
+
+def _write_json(path: Path, value: Any) -> Path:
+    with atomic_write(path) as f:
+        json.dump(value, f, indent=2)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = OneLineErrorParser(prog="medlm-export", description=__doc__.split("\n\n")[0])
+    p.add_argument("src", type=Path, help="a medlm training checkpoint (.ckpt)")
+    p.add_argument("out_dir", type=Path, help="the Hugging Face directory to write")
+    p.add_argument("--merged", action="store_true",
+                   help="LoRA classifier: merge the adapter into the base weights (default: a PEFT adapter)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    args = p.parse_args(argv)
+    with user_errors():
+        written = export(args.src, args.out_dir, merged=args.merged, force=args.force)
+        print(f"wrote {args.out_dir}: {', '.join(sorted(path.name for path in written))}")
+
+
+if __name__ == "__main__":
+    main()
