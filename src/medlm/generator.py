@@ -1,0 +1,355 @@
+"""Text in, text out, from any medlm causal LM: the ``Generator`` API in the shape of Meta's llama3
+reference code, and the loading that ``medlm-generate`` shares with it.
+
+    generator = Generator.build("Meta-Llama-3.1-8B/", "Meta-Llama-3.1-8B/tokenizer.model",
+                                max_seq_len=512, max_batch_size=4)
+    generator.text_completion(["The patient was diagnosed with"], max_gen_len=50, temperature=0.7, top_p=0.9)
+    # -> [{"generation": " ..."}]
+
+A source is a medlm training checkpoint (``.ckpt``), a Hugging Face directory (``config.json``,
+GPT-2 or Llama by ``model_type``) or a Meta directory (``params.json``, ``consolidated.NN.pth``).
+The tokenizer is Llama 3's ``tokenizer.model`` (a tiktoken BPE file) or a tiktoken encoding by
+name (``gpt2``, what every medlm DataModule uses); without one, it is found beside the weights.
+Decoding, sampling and the KV cache are :func:`medlm.models.generation.generate`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from medlm.data.llama3_tokenizer import Llama3Tokenizer
+from medlm.data.tokenizer import get_tokenizer
+from medlm.errors import ConfigError, MedlmError
+from medlm.models.checkpoint import load_model
+from medlm.models.convert import read_hf_config
+from medlm.models.generation import generate
+from medlm.models.gpt2 import GPT2
+from medlm.models.llama import Llama
+
+GPT2_VOCAB = 50257  # tokens of tiktoken's gpt2 encoding
+GPT2_PADDED_VOCAB = 50304  # the same, rounded up to a multiple of 64 as nanoGPT does
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+@dataclass(frozen=True)
+class TextTokenizer:
+    """What generation needs of a tokenizer. ``bos_id`` starts every prompt when set (Llama 3);
+    ``start_id`` stands in for an empty prompt without one; a row ends at any of ``stop_ids``."""
+
+    name: str
+    encode: Callable[[str], list[int]]
+    decode: Callable[[Sequence[int]], str]
+    vocab_size: int
+    bos_id: int | None
+    start_id: int
+    stop_ids: tuple[int, ...]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        ids = self.encode(text)
+        if self.bos_id is not None:
+            return [self.bos_id, *ids]
+        return ids or [self.start_id]
+
+
+def tiktoken_tokenizer(name: str = "gpt2") -> TextTokenizer:
+    """A tiktoken encoding by name (offline through ``TIKTOKEN_CACHE_DIR``); its end-of-text token
+    both stops a row and starts an empty prompt, as in GPT-2's training text."""
+    enc = get_tokenizer(name)
+    eot = enc.eot_token
+    return TextTokenizer(name=name, encode=enc.encode_ordinary, decode=lambda ids: enc.decode(list(ids)),
+                         vocab_size=enc.n_vocab, bos_id=None, start_id=eot, stop_ids=(eot,))
+
+
+def llama3_tokenizer(path: str | Path) -> TextTokenizer:
+    """Llama 3's ``tokenizer.model``: prompts start with <|begin_of_text|>; a row ends at
+    <|end_of_text|> or <|eot_id|>, as in Meta's ``text_completion``."""
+    tok = Llama3Tokenizer(path)
+    return TextTokenizer(name=str(path), encode=tok.encode, decode=tok.decode, vocab_size=tok.vocab_size,
+                         bos_id=tok.bos_id, start_id=tok.bos_id, stop_ids=tuple(sorted(tok.stop_ids)))
+
+
+def load_tokenizer(spec: str | Path) -> TextTokenizer:
+    """``spec``: a ``tokenizer.model`` file, a directory holding one, or a tiktoken encoding name."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        found = _find_tokenizer_model(path)
+        if found is None:
+            raise MedlmError(f"{path}: no tokenizer.model in this directory")
+        return llama3_tokenizer(found)
+    if path.is_file():
+        return llama3_tokenizer(path)
+    if "/" in str(spec) or "\\" in str(spec) or Path(spec).suffix:
+        raise MedlmError(f"{spec}: no such tokenizer file")
+    return tiktoken_tokenizer(str(spec))
+
+
+def _find_tokenizer_model(directory: Path) -> Path | None:
+    for candidate in (directory / "tokenizer.model", directory / "original" / "tokenizer.model"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A medlm ``.ckpt`` as a dict, memory-mapped (tensors are read only when touched) and loaded
+    weights-only: no pickled code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise MedlmError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # not a torch zip file, truncated, or holding pickled objects
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        raise MedlmError(f"{path}: cannot read as a weights-only checkpoint ({type(err).__name__}: {reason})") from None
+    if not isinstance(ckpt, dict):
+        raise MedlmError(f"{path}: not a medlm training checkpoint (a {type(ckpt).__name__}, not a dict)")
+    return ckpt
+
+
+def checkpoint_tokenizer_name(ckpt: dict[str, Any]) -> str:
+    """The tiktoken encoding the checkpoint's DataModule tokenised with (``data.tokenizer``), else gpt2."""
+    name = (ckpt.get("datamodule_hyper_parameters") or {}).get("tokenizer")
+    return name if isinstance(name, str) and name else "gpt2"
+
+
+def load_source(source: str | Path, tokenizer: str | Path | None = None) -> tuple[nn.Module, TextTokenizer]:
+    """The model (eval mode, CPU) and tokenizer of a medlm ``.ckpt``, a Hugging Face directory or a
+    Meta directory. ``tokenizer`` overrides the one found beside the weights."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise MedlmError(f"{source}: no such checkpoint file or model directory")
+    if path.is_file():
+        ckpt = read_checkpoint(path)
+        if "medlm_model" not in ckpt:
+            raise MedlmError(f"{path}: not a medlm causal-LM checkpoint (no 'medlm_model' entry)")
+        model = load_model(path)
+        tok = load_tokenizer(tokenizer or checkpoint_tokenizer_name(ckpt))
+    elif (path / "config.json").is_file():
+        config = read_hf_config(path)
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        if model_type == "gpt2":
+            model = GPT2.from_pretrained(path)
+        elif model_type == "llama":
+            model = Llama.from_pretrained(path)
+        else:
+            raise MedlmError(f"{path}/config.json: model_type {model_type!r} is not one medlm runs (gpt2, llama)")
+        tok = load_tokenizer(tokenizer) if tokenizer else _hf_dir_tokenizer(path, model)
+    elif (path / "params.json").is_file():
+        model = Llama.from_meta(path)
+        found = tokenizer or _find_tokenizer_model(path)
+        if found is None:
+            raise MedlmError(f"{path}: no tokenizer.model beside params.json; pass the tokenizer's path")
+        tok = load_tokenizer(found)
+    else:
+        raise MedlmError(f"{path}: not a model directory (no config.json of Hugging Face, no params.json of Meta)")
+    vocab = model.config.vocab_size
+    if tok.vocab_size > vocab:
+        raise MedlmError(f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model at {source} only "
+                         f"{vocab}: they do not belong together (pass the model's own tokenizer)")
+    return model.eval(), tok
+
+
+def _hf_dir_tokenizer(directory: Path, model: nn.Module) -> TextTokenizer:
+    """tokenizer.model (Llama 3) if the directory has one; GPT-2's when the directory holds GPT-2's
+    BPE files or the model's vocabulary is GPT-2's."""
+    found = _find_tokenizer_model(directory)
+    if found is not None:
+        return llama3_tokenizer(found)
+    vocab = model.config.vocab_size
+    if (directory / "merges.txt").is_file() or GPT2_VOCAB <= vocab <= GPT2_PADDED_VOCAB:
+        return tiktoken_tokenizer("gpt2")
+    raise MedlmError(f"{directory}: no tokenizer found (no tokenizer.model; a vocabulary of {vocab} is not "
+                     "GPT-2's); pass the tokenizer's path")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming text with stop strings
+
+
+class _RowText:
+    """One row's text as its tokens arrive: ended by a stop id or a stop string (neither is part of
+    the text), streamed through ``on_text`` without ever taking back what was sent: the tail that
+    could still begin a stop string, or be half of a UTF-8 character (U+FFFD), waits."""
+
+    def __init__(self, tokenizer: TextTokenizer, stops: Sequence[str],
+                 on_text: Callable[[str], None] | None) -> None:
+        self.tokenizer, self.stops, self.on_text = tokenizer, stops, on_text
+        self.ids: list[int] = []
+        self.text = ""
+        self.sent = 0
+        self.done = False
+
+    def add(self, token: int) -> None:
+        if self.done:
+            return
+        if token in self.tokenizer.stop_ids:
+            self.finish()
+            return
+        self.ids.append(token)
+        self.text = self.tokenizer.decode(self.ids)
+        cuts = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
+        if cuts:
+            self.text = self.text[:min(cuts)]
+            self.finish()
+        else:
+            self._send(self._safe_end())
+
+    def finish(self) -> None:
+        self.done = True
+        self._send(len(self.text))
+
+    def _safe_end(self) -> int:
+        end = len(self.text)
+        while end > self.sent and self.text[end - 1] == "\ufffd":
+            end -= 1
+        for stop in self.stops:  # the longest tail that begins a stop string
+            for n in range(min(len(stop) - 1, end - self.sent), 0, -1):
+                if self.text.endswith(stop[:n], 0, end):
+                    end -= n
+                    break
+        return end
+
+    def _send(self, end: int) -> None:
+        if self.on_text is not None and end > self.sent:
+            self.on_text(self.text[self.sent:end])
+        self.sent = max(self.sent, end)
+
+
+class _AllRowsDone(Exception):
+    """Raised from ``on_token`` to end a batch whose rows all met a stop string."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Generator
+
+
+class Generator:
+    """A model and its tokenizer, with Meta's ``text_completion`` on top of medlm's ``generate``."""
+
+    def __init__(self, model: nn.Module, tokenizer: TextTokenizer, max_seq_len: int, max_batch_size: int,
+                 seed: int = 1) -> None:
+        context = model.config.block_size
+        for key, value in (("max_seq_len", max_seq_len), ("max_batch_size", max_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{key}: {value!r} is not a positive integer")
+        if max_seq_len > context:
+            raise ConfigError(f"max_seq_len: {max_seq_len} exceeds the model's context of {context} tokens")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        self.max_batch_size = max_batch_size
+        self._rng = torch.Generator().manual_seed(seed)  # one seed per call, drawn from here
+
+    @classmethod
+    def build(cls, ckpt_dir: str | Path, tokenizer_path: str | Path | None, max_seq_len: int | None,
+              max_batch_size: int, seed: int = 1, *, device: str | torch.device | None = None,
+              dtype: torch.dtype | None = None) -> Generator:
+        """Load ``ckpt_dir`` (a Meta or Hugging Face directory, or a medlm ``.ckpt``) and its tokenizer
+        (``tokenizer_path``; None: the one beside the weights, or the checkpoint's own).
+
+        ``max_seq_len`` bounds prompt plus generation (None: the model's context); ``seed`` makes
+        the sequence of sampled completions reproducible. The model goes to ``device`` (default: CUDA
+        when available) in ``dtype`` (default: bfloat16 on a GPU that has it, else float32).
+        """
+        try:
+            device = torch.device(device) if device is not None else default_device()
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device: {device} was asked for, but torch sees no CUDA GPU here")
+        model, tokenizer = load_source(ckpt_dir, tokenizer_path)
+        if dtype is None:
+            bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+            dtype = torch.bfloat16 if bf16 else torch.float32
+        model.to(device=device, dtype=dtype)
+        return cls(model, tokenizer, model.config.block_size if max_seq_len is None else max_seq_len,
+                   max_batch_size, seed)
+
+    def text_completion(self, prompts: Sequence[str], temperature: float = 0.6, top_p: float = 0.9,
+                        max_gen_len: int | None = None, echo: bool = False, *, top_k: int | None = None,
+                        stop: Sequence[str] = (), use_cache: bool = True,
+                        on_text: Callable[[int, str], None] | None = None) -> list[dict[str, str]]:
+        """Continue each prompt; ``[{"generation": text}]`` in prompt order, as Meta's reference.
+
+        ``temperature`` 0 is greedy; ``top_p`` (and ``top_k``) filter what is sampled.
+        ``max_gen_len`` None fills the rest of ``max_seq_len`` after the longest prompt. A row ends at
+        the tokenizer's stop tokens or just before the first of the ``stop`` strings; neither is in
+        its text. ``echo`` puts the prompt (as its tokens decode) before the generation.
+        ``on_text(row, piece)`` receives each row's text as it is generated, for streaming.
+        """
+        prompts = list(prompts)
+        self._check_settings(prompts, temperature, top_p, top_k, stop)
+        ids, max_gen_len = self.encode_prompts(prompts, max_gen_len)
+        rows = [_RowText(self.tokenizer, [s for s in stop if s],
+                         None if on_text is None else (lambda piece, b=b: on_text(b, piece)))
+                for b in range(len(ids))]
+
+        def on_token(row: int, token: int) -> None:
+            rows[row].add(token)
+            if all(r.done for r in rows):
+                raise _AllRowsDone
+
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._rng))
+        try:
+            generate(self.model, ids, max_gen_len, temperature=temperature, top_k=top_k, top_p=top_p,
+                     stop_sequences=[[t] for t in self.tokenizer.stop_ids], seed=seed, use_cache=use_cache,
+                     on_token=on_token)
+        except _AllRowsDone:
+            pass
+        for row in rows:
+            row.finish()  # a row cut off by max_gen_len: send what it held back
+        prefix = [self.tokenizer.decode(p) if echo else "" for p in ids]
+        return [{"generation": pre + row.text} for pre, row in zip(prefix, rows)]
+
+    def encode_prompts(self, prompts: Sequence[str], max_gen_len: int | None) -> tuple[list[list[int]], int]:
+        """The prompts' tokens and the number of tokens to generate (None: what max_seq_len leaves after
+        the longest prompt); a prompt that does not fit with them is a ConfigError that names it.
+        Checks any number of prompts, e.g. all the batches of a run before the first one starts."""
+        if not prompts:
+            raise ConfigError("prompts: none given")
+        if not all(isinstance(p, str) for p in prompts):
+            raise ConfigError("prompts: every prompt must be a string")
+        ids = [self.tokenizer.encode_prompt(p) for p in prompts]
+        longest = max(range(len(ids)), key=lambda i: len(ids[i]))
+        n = len(ids[longest])
+        if max_gen_len is None:
+            max_gen_len = self.max_seq_len - n
+            if max_gen_len < 1:
+                raise ConfigError(f"prompt {longest} has {n} tokens, which leaves no room to generate within "
+                                  f"max_seq_len {self.max_seq_len}")
+        if isinstance(max_gen_len, bool) or not isinstance(max_gen_len, int) or max_gen_len < 0:
+            raise ConfigError(f"max_gen_len: {max_gen_len!r} is not a non-negative integer")
+        if n + max_gen_len > self.max_seq_len:
+            raise ConfigError(f"prompt {longest} has {n} tokens; with max_gen_len {max_gen_len} that is "
+                              f"{n + max_gen_len} > max_seq_len {self.max_seq_len}")
+        return ids, max_gen_len
+
+    def _check_settings(self, prompts: list[str], temperature: float, top_p: float | None,
+                        top_k: int | None, stop: Sequence[str]) -> None:
+        if len(prompts) > self.max_batch_size:
+            raise ConfigError(f"{len(prompts)} prompts > max_batch_size {self.max_batch_size}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+            raise ConfigError(f"temperature: {temperature!r} is not a number >= 0 (0 is greedy)")
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                                  or not 0 < top_p <= 1):
+            raise ConfigError(f"top_p: {top_p!r} is not in (0, 1]")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ConfigError(f"top_k: {top_k!r} is not a positive integer")
+        if isinstance(stop, str) or not all(isinstance(s, str) for s in stop):
+            raise ConfigError("stop: expected a list of strings")
