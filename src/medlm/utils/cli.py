@@ -6,7 +6,9 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from medlm.errors import MedlmError
+from omegaconf.errors import MissingMandatoryValue
+
+from medlm.errors import ConfigError, MedlmError
 
 USER_ERROR_EXIT = 2
 
@@ -17,6 +19,8 @@ def find_user_error(exc: BaseException) -> MedlmError | None:
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, MedlmError):
             return exc
+        if isinstance(exc, MissingMandatoryValue):  # a ??? in a config that the user did not fill in
+            return ConfigError(f"{exc.full_key}: no value given; set it on the command line ({exc.full_key}=...)")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
