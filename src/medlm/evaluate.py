@@ -59,7 +59,7 @@ def resolve_checkpoint(arm: str, value: str, tracking_uri: str | None) -> Path:
     """A .ckpt path as given, or the best checkpoint of the newest run of the MLflow experiment ``value``."""
     path = Path(str(value)).expanduser()
     if path.is_file():
-        return path
+        return path.resolve()
     if path.suffix == ".ckpt" or "/" in str(value):
         raise ConfigError(f"arms.{arm}: {value}: no such checkpoint file")
     from mlflow import MlflowClient
