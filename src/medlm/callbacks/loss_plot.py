@@ -16,8 +16,9 @@ from medlm.utils.tracking import log_artifact  # noqa: E402
 
 
 class LossPlot(L.Callback):
-    def __init__(self, filename: str = "loss_curve.png") -> None:
+    def __init__(self, filename: str = "loss_curve.png", title: str = "medlm") -> None:
         self.filename = filename
+        self.title = title
         self.train: list[tuple[int, float]] = []
         self.val: list[tuple[int, float]] = []
 
@@ -49,7 +50,7 @@ class LossPlot(L.Callback):
             ax.plot(vsteps, vlosses, "o-", label="validation (per epoch)")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("cross-entropy (nats/token)")
-        ax.set_title(f"{trainer.logger.name if trainer.logger else 'medlm'}: loss")
+        ax.set_title(f"{self.title}: loss")
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
