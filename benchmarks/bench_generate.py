@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from medlm.data.tokenizer import encode
+from medlm.data.tokenizer import load_tokenizer
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2
 from medlm.models.llama import Llama
@@ -57,7 +57,7 @@ def timed(fn: Callable[[], list[list[int]]]) -> tuple[float, list[list[int]]]:
 
 def bench(name: str, args: argparse.Namespace, directory: Path) -> dict:
     ours, hf = build_models(name, directory)
-    prompt = encode(PROMPT)[:args.prompt_tokens]
+    prompt = load_tokenizer("gpt2").encode(PROMPT)[:args.prompt_tokens]
     prompts = [prompt] * args.batch_size
     n = args.new_tokens
     ids = torch.tensor(prompts)

@@ -34,11 +34,10 @@ def shared_data_dir(request: pytest.FixtureRequest) -> Path:
     return _require(request, path, "real data directory (MEDLM_DATA_DIR)")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def tiktoken_cache(request: pytest.FixtureRequest) -> None:
-    """Make tiktoken's GPT-2 files reachable offline for every test."""
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken-cache").exists():
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken-cache")
+# tiktoken's GPT-2 files reachable offline for every test, also for modules that load the tokenizer
+# when they are collected
+if "TIKTOKEN_CACHE_DIR" not in os.environ and (SHARED / "tiktoken-cache").exists():
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(SHARED / "tiktoken-cache")
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,9 @@ import torch
 import transformers
 
 from medlm import export as cli
-from medlm.data.tokenizer import encode
+from medlm.data.tokenizer import load_tokenizer
+
+encode = load_tokenizer("gpt2").encode
 from medlm.generator import load_source
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from medlm import generate as cli
-from medlm.data.tokenizer import GPT2_EOT, decode, encode
+from medlm.data.tokenizer import Llama3Tokenizer, Tokenizer, load_tokenizer
 from medlm.errors import ConfigError
-from medlm.generator import Generator, TextTokenizer, _RowText, load_source
+from medlm.generator import Generator, _RowText, load_source
 from medlm.models import generation
 from medlm.models.checkpoint import load_model, model_spec
 from medlm.models.generation import generate
@@ -112,8 +112,9 @@ def run_cli(args: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
 
 def greedy_text(model: torch.nn.Module, prompt: str, n: int) -> str:
     """The reference: generate() on GPT-2 tokens, cut at <|endoftext|>."""
-    out = generate(model, [encode(prompt)], n, temperature=0, eos_id=GPT2_EOT)[0]
-    return decode([t for t in out if t != GPT2_EOT])
+    tok = load_tokenizer("gpt2")
+    out = generate(model, [tok.encode(prompt)], n, temperature=0, eos_id=tok.eot_id)[0]
+    return tok.decode([t for t in out if t != tok.eot_id])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -202,8 +203,6 @@ def test_meta_directory_with_its_tokenizer(meta_dir: Path, capsys: pytest.Captur
     model = Llama.from_meta(meta_dir).eval()
     bos = 268  # <|begin_of_text|> after the 268 ranks
     ids = generate(model, [[bos, 259, 264]], 8, temperature=0, stop_sequences=[[269], [277]])[0]  # hello, " world"
-    from medlm.data.llama3_tokenizer import Llama3Tokenizer
-
     assert out == Llama3Tokenizer(meta_dir / "tokenizer.model").decode([t for t in ids if t not in (269, 277)]) + "\n"
 
 
@@ -350,7 +349,7 @@ def test_generator_greedy_matches_generate_on_a_checkpoint(gpt2_ckpt: Path) -> N
     # max_gen_len None fills max_seq_len after the longest prompt
     g = Generator.build(gpt2_ckpt, "gpt2", max_seq_len=20, max_batch_size=1)
     [r] = g.text_completion([PROMPT], temperature=0)
-    assert r["generation"] == greedy_text(model, PROMPT, 20 - len(encode(PROMPT)))
+    assert r["generation"] == greedy_text(model, PROMPT, 20 - len(load_tokenizer("gpt2").encode(PROMPT)))
 
 
 def test_generator_seed_reproduces_the_sequence_of_calls(gpt2_ckpt: Path) -> None:
@@ -384,7 +383,7 @@ def test_generator_limits_are_clear_errors(gpt2_ckpt: Path) -> None:
     g = Generator.build(gpt2_ckpt, None, max_seq_len=32, max_batch_size=2)
     with pytest.raises(ConfigError, match="3 prompts > max_batch_size 2"):
         g.text_completion(["a", "b", "c"], max_gen_len=4)
-    n = len(encode(PROMPT))
+    n = len(load_tokenizer("gpt2").encode(PROMPT))
     with pytest.raises(ConfigError, match=rf"prompt 1 has {n} tokens; with max_gen_len 30 that is {n + 30} > max_seq_len 32"):
         g.text_completion(["a", PROMPT], max_gen_len=30)
     with pytest.raises(ConfigError, match="leaves no room to generate within max_seq_len 32"):
@@ -395,10 +394,18 @@ def test_generator_limits_are_clear_errors(gpt2_ckpt: Path) -> None:
         Generator.build(gpt2_ckpt, None, max_seq_len=8, max_batch_size=0)
 
 
-def _byte_tokenizer(pieces: dict[int, bytes], stop_ids: tuple[int, ...] = (0,)) -> TextTokenizer:
-    return TextTokenizer(name="bytes", encode=lambda s: [], vocab_size=len(pieces) + 1, bos_id=None, start_id=0,
-                         decode=lambda ids: b"".join(pieces[i] for i in ids).decode("utf-8", errors="replace"),
-                         stop_ids=stop_ids)
+class _ByteTokenizer(Tokenizer):
+    """Tokens that are byte strings of our choosing: half characters and stop strings on demand."""
+
+    def __init__(self, pieces: dict[int, bytes], stop_ids: tuple[int, ...]) -> None:
+        self.pieces, self.stop_ids = pieces, stop_ids
+
+    def decode(self, ids) -> str:
+        return b"".join(self.pieces[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def _byte_tokenizer(pieces: dict[int, bytes], stop_ids: tuple[int, ...] = (0,)) -> Tokenizer:
+    return _ByteTokenizer(pieces, stop_ids)
 
 
 def test_streamed_text_never_takes_anything_back() -> None:

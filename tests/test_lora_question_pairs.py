@@ -104,7 +104,7 @@ def test_training_on_real_pairs_logs_every_metric_each_epoch(tmp_path: Path, tin
 def _batch() -> dict[str, torch.Tensor]:
     """Three right-padded rows of random tokens, as the DataModule batches them."""
     g = torch.Generator().manual_seed(0)
-    return collate_pairs([(torch.randint(0, 50000, (n,), generator=g).tolist(), 0) for n in (9, 14, 5)])
+    return collate_pairs([(torch.randint(0, 50000, (n,), generator=g).tolist(), 0) for n in (9, 14, 5)], pad_id=50256)
 
 
 def test_export_checkpoint_writes_a_peft_adapter_and_a_merged_model(lora_ckpt: Path, tmp_path: Path,

@@ -20,13 +20,13 @@ from typing import Any, Sequence
 
 from medlm.errors import ConfigError, MedlmError
 from medlm.generate import OneLineErrorParser
-from medlm.generator import GPT2_VOCAB, checkpoint_tokenizer_name, read_checkpoint
+from medlm.data.tokenizer import Tokenizer, load_tokenizer
+from medlm.generator import checkpoint_tokenizer_name, read_checkpoint
 from medlm.models.checkpoint import load_model
 from medlm.models.convert import write_hf_checkpoint
 from medlm.utils.cli import user_errors
 from medlm.utils.io import atomic_path, atomic_write
 
-GPT2_EOT = 50256
 _GPT2_FILES = {  # tiktoken's sources of the gpt2 encoding: OpenAI's encoder.json and vocab.bpe are
     # byte for byte Hugging Face's vocab.json and merges.txt
     "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
@@ -53,18 +53,21 @@ def export(src: str | Path, out_dir: str | Path, merged: bool = False, force: bo
     if merged:
         raise ConfigError(f"--merged: {src} is a causal-LM checkpoint, not a LoRA classifier; there is "
                           "nothing to merge")
-    return export_causal_lm(src, out_dir, checkpoint_tokenizer_name(ckpt))
+    return export_causal_lm(src, out_dir, load_tokenizer(checkpoint_tokenizer_name(ckpt)))
 
 
-def export_causal_lm(src: Path, out_dir: Path, tokenizer: str) -> list[Path]:
+def export_causal_lm(src: Path, out_dir: Path, tokenizer: Tokenizer) -> list[Path]:
     net = load_model(src)
     if not hasattr(net, "to_hf"):
         raise MedlmError(f"{src}: {type(net).__name__} has no Hugging Face form (GPT2 and Llama have)")
     config, state = net.to_hf()
-    gpt2_tokens = tokenizer == "gpt2" and net.config.vocab_size >= GPT2_VOCAB
-    eot = GPT2_EOT if gpt2_tokens else None
-    # HF's Llama defaults (bos 1, eos 2) would be tokens of the GPT-2 vocabulary: say what they are
-    config["bos_token_id"] = config["eos_token_id"] = eot
+    # a model smaller than the tokenizer's vocabulary was not trained on it: its ids mean nothing there
+    fits = net.config.vocab_size >= tokenizer.vocab_size
+    gpt2_tokens = fits and tokenizer.name == "gpt2"
+    eot = tokenizer.eot_id if fits else None
+    bos = eot if tokenizer.bos_id is None or not fits else tokenizer.bos_id
+    # HF's Llama defaults (bos 1, eos 2) would be other tokens of this vocabulary: say which they are
+    config["bos_token_id"], config["eos_token_id"] = bos, eot
     tokenizer_files = gpt2_tokenizer_files(out_dir) if gpt2_tokens else {}  # read before anything is written
     write_hf_checkpoint(out_dir, config, state)
     written = [out_dir / "config.json", out_dir / "model.safetensors"]

@@ -15,88 +15,19 @@ Decoding, sampling and the KV cache are :func:`medlm.models.generation.generate`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from medlm.data.llama3_tokenizer import Llama3Tokenizer
-from medlm.data.tokenizer import get_tokenizer
+from medlm.data.tokenizer import Tokenizer, find_tokenizer_model, load_tokenizer, tokenizer_for_model_dir
 from medlm.errors import ConfigError, MedlmError
 from medlm.models.checkpoint import load_model
 from medlm.models.convert import read_hf_config
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2
 from medlm.models.llama import Llama
-
-GPT2_VOCAB = 50257  # tokens of tiktoken's gpt2 encoding
-GPT2_PADDED_VOCAB = 50304  # the same, rounded up to a multiple of 64 as nanoGPT does
-
-
-# ----------------------------------------------------------------------------------------------
-# Tokenizers
-
-
-@dataclass(frozen=True)
-class TextTokenizer:
-    """What generation needs of a tokenizer. ``bos_id`` starts every prompt when set (Llama 3);
-    ``start_id`` stands in for an empty prompt without one; a row ends at any of ``stop_ids``."""
-
-    name: str
-    encode: Callable[[str], list[int]]
-    decode: Callable[[Sequence[int]], str]
-    vocab_size: int
-    bos_id: int | None
-    start_id: int
-    stop_ids: tuple[int, ...]
-
-    def encode_prompt(self, text: str) -> list[int]:
-        ids = self.encode(text)
-        if self.bos_id is not None:
-            return [self.bos_id, *ids]
-        return ids or [self.start_id]
-
-
-def tiktoken_tokenizer(name: str = "gpt2") -> TextTokenizer:
-    """A tiktoken encoding by name (offline through ``TIKTOKEN_CACHE_DIR``); its end-of-text token
-    both stops a row and starts an empty prompt, as in GPT-2's training text."""
-    enc = get_tokenizer(name)
-    eot = enc.eot_token
-    return TextTokenizer(name=name, encode=enc.encode_ordinary, decode=lambda ids: enc.decode(list(ids)),
-                         vocab_size=enc.n_vocab, bos_id=None, start_id=eot, stop_ids=(eot,))
-
-
-def llama3_tokenizer(path: str | Path) -> TextTokenizer:
-    """Llama 3's ``tokenizer.model``: prompts start with <|begin_of_text|>; a row ends at
-    <|end_of_text|> or <|eot_id|>, as in Meta's ``text_completion``."""
-    tok = Llama3Tokenizer(path)
-    return TextTokenizer(name=str(path), encode=tok.encode, decode=tok.decode, vocab_size=tok.vocab_size,
-                         bos_id=tok.bos_id, start_id=tok.bos_id, stop_ids=tuple(sorted(tok.stop_ids)))
-
-
-def load_tokenizer(spec: str | Path) -> TextTokenizer:
-    """``spec``: a ``tokenizer.model`` file, a directory holding one, or a tiktoken encoding name."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        found = _find_tokenizer_model(path)
-        if found is None:
-            raise MedlmError(f"{path}: no tokenizer.model in this directory")
-        return llama3_tokenizer(found)
-    if path.is_file():
-        return llama3_tokenizer(path)
-    if "/" in str(spec) or "\\" in str(spec) or Path(spec).suffix:
-        raise MedlmError(f"{spec}: no such tokenizer file")
-    return tiktoken_tokenizer(str(spec))
-
-
-def _find_tokenizer_model(directory: Path) -> Path | None:
-    for candidate in (directory / "tokenizer.model", directory / "original" / "tokenizer.model"):
-        if candidate.is_file():
-            return candidate
-    return None
-
 
 # ----------------------------------------------------------------------------------------------
 # Models
@@ -124,7 +55,7 @@ def checkpoint_tokenizer_name(ckpt: dict[str, Any]) -> str:
     return name if isinstance(name, str) and name else "gpt2"
 
 
-def load_source(source: str | Path, tokenizer: str | Path | None = None) -> tuple[nn.Module, TextTokenizer]:
+def load_source(source: str | Path, tokenizer: str | Path | None = None) -> tuple[nn.Module, Tokenizer]:
     """The model (eval mode, CPU) and tokenizer of a medlm ``.ckpt``, a Hugging Face directory or a
     Meta directory. ``tokenizer`` overrides the one found beside the weights."""
     path = Path(source).expanduser()
@@ -145,10 +76,10 @@ def load_source(source: str | Path, tokenizer: str | Path | None = None) -> tupl
             model = Llama.from_pretrained(path)
         else:
             raise MedlmError(f"{path}/config.json: model_type {model_type!r} is not one medlm runs (gpt2, llama)")
-        tok = load_tokenizer(tokenizer) if tokenizer else _hf_dir_tokenizer(path, model)
+        tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_model_dir(path, model.config.vocab_size)
     elif (path / "params.json").is_file():
         model = Llama.from_meta(path)
-        found = tokenizer or _find_tokenizer_model(path)
+        found = tokenizer or find_tokenizer_model(path)
         if found is None:
             raise MedlmError(f"{path}: no tokenizer.model beside params.json; pass the tokenizer's path")
         tok = load_tokenizer(found)
@@ -159,19 +90,6 @@ def load_source(source: str | Path, tokenizer: str | Path | None = None) -> tupl
         raise MedlmError(f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model at {source} only "
                          f"{vocab}: they do not belong together (pass the model's own tokenizer)")
     return model.eval(), tok
-
-
-def _hf_dir_tokenizer(directory: Path, model: nn.Module) -> TextTokenizer:
-    """tokenizer.model (Llama 3) if the directory has one; GPT-2's when the directory holds GPT-2's
-    BPE files or the model's vocabulary is GPT-2's."""
-    found = _find_tokenizer_model(directory)
-    if found is not None:
-        return llama3_tokenizer(found)
-    vocab = model.config.vocab_size
-    if (directory / "merges.txt").is_file() or GPT2_VOCAB <= vocab <= GPT2_PADDED_VOCAB:
-        return tiktoken_tokenizer("gpt2")
-    raise MedlmError(f"{directory}: no tokenizer found (no tokenizer.model; a vocabulary of {vocab} is not "
-                     "GPT-2's); pass the tokenizer's path")
 
 
 def default_device() -> torch.device:
@@ -187,7 +105,7 @@ class _RowText:
     the text), streamed through ``on_text`` without ever taking back what was sent: the tail that
     could still begin a stop string, or be half of a UTF-8 character (U+FFFD), waits."""
 
-    def __init__(self, tokenizer: TextTokenizer, stops: Sequence[str],
+    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str],
                  on_text: Callable[[str], None] | None) -> None:
         self.tokenizer, self.stops, self.on_text = tokenizer, stops, on_text
         self.ids: list[int] = []
@@ -242,7 +160,7 @@ class _AllRowsDone(Exception):
 class Generator:
     """A model and its tokenizer, with Meta's ``text_completion`` on top of medlm's ``generate``."""
 
-    def __init__(self, model: nn.Module, tokenizer: TextTokenizer, max_seq_len: int, max_batch_size: int,
+    def __init__(self, model: nn.Module, tokenizer: Tokenizer, max_seq_len: int, max_batch_size: int,
                  seed: int = 1) -> None:
         context = model.config.block_size
         for key, value in (("max_seq_len", max_seq_len), ("max_batch_size", max_batch_size)):

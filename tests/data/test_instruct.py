@@ -17,7 +17,10 @@ import torch
 from medlm.data import instruct
 from medlm.data.instruct import InstructionDataModule, split_by_prompt
 from medlm.data.masked_examples import IGNORE_INDEX, fit_examples, pack_best_fit
-from medlm.data.tokenizer import GPT2_EOT, decode, encode
+from medlm.data.tokenizer import load_tokenizer
+
+GPT2 = load_tokenizer("gpt2")
+GPT2_EOT, encode, decode = GPT2.eot_id, GPT2.encode, GPT2.decode
 from medlm.errors import ConfigError, DataError, MedlmError
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.modules.causal_lm import CausalLM

@@ -15,7 +15,9 @@ import pytest
 
 from medlm.data import medquad
 from medlm.data.medquad import ALPACA_TEMPLATE, convert, format_prompt, format_summary
-from medlm.data.tokenizer import encode
+from medlm.data.tokenizer import load_tokenizer
+
+encode = load_tokenizer("gpt2").encode
 from medlm.errors import ConfigError, DataError
 
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")

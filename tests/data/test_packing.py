@@ -8,13 +8,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from medlm.data.packing import EpochShuffleSampler, PackedBlocks, token_dtype, tokenize_texts
-from medlm.data.tokenizer import GPT2_EOT, encode
+from medlm.data.tokenizer import load_tokenizer
+
+GPT2 = load_tokenizer("gpt2")
+GPT2_EOT, encode = GPT2.eot_id, GPT2.encode
 from medlm.errors import ConfigError, DataError
 
 
 def test_tokenize_texts_puts_end_of_text_after_every_record() -> None:
     texts = ["Question: is it?", "Context: yes.\nAnswer: maybe", "x"]
-    tokens = tokenize_texts(texts)
+    tokens = tokenize_texts(texts, GPT2)
     expected = [t for text in texts for t in encode(text) + [GPT2_EOT]]
     assert tokens.tolist() == expected
     assert tokens.dtype == np.uint16
@@ -22,14 +25,14 @@ def test_tokenize_texts_puts_end_of_text_after_every_record() -> None:
 
 
 def test_tokenize_texts_encodes_special_token_text_as_plain_text() -> None:
-    tokens = tokenize_texts(["a <|endoftext|> b"])
+    tokens = tokenize_texts(["a <|endoftext|> b"], GPT2)
     assert tokens.tolist().count(GPT2_EOT) == 1  # only the separator after the record
     assert tokens[-1] == GPT2_EOT
 
 
 def test_tokenize_texts_accepts_a_generator_and_nothing() -> None:
-    assert tokenize_texts(t for t in ["a", "b"]).tolist() == encode("a") + [GPT2_EOT] + encode("b") + [GPT2_EOT]
-    empty = tokenize_texts([])
+    assert tokenize_texts((t for t in ["a", "b"]), GPT2).tolist() == encode("a") + [GPT2_EOT] + encode("b") + [GPT2_EOT]
+    empty = tokenize_texts([], GPT2)
     assert empty.shape == (0,) and empty.dtype == np.uint16
 
 
@@ -77,7 +80,7 @@ def test_tokens_must_be_flat() -> None:
 
 
 def test_loader_batches_follow_the_causal_lm_contract() -> None:
-    ds = PackedBlocks(tokenize_texts(["one two three four five six"] * 20), block_size=16)
+    ds = PackedBlocks(tokenize_texts(["one two three four five six"] * 20, GPT2), block_size=16)
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert set(batch) == {"input_ids", "labels"}
     assert batch["input_ids"].shape == batch["labels"].shape == (4, 16)

@@ -22,7 +22,10 @@ from medlm.data.pubmedqa import (
     ids_digest,
 )
 from medlm.data.sources import HubSource, LocalSource
-from medlm.data.tokenizer import GPT2_EOT, encode
+from medlm.data.tokenizer import load_tokenizer
+
+GPT2 = load_tokenizer("gpt2")
+GPT2_EOT, encode = GPT2.eot_id, GPT2.encode
 from medlm.errors import ConfigError, DataError, MedlmError
 
 # sha256 of "\n".join(sorted ids) of data/test_ground_truth.json in github.com/pubmedqa/pubmedqa

@@ -7,7 +7,10 @@ import torch
 
 from medlm.data.question_pairs import (DEFAULT_TEMPLATE, QuestionPairsDataModule, encode_pair,
                                        read_pairs_csv)
-from medlm.data.tokenizer import GPT2_EOT, decode, encode
+from medlm.data.tokenizer import load_tokenizer
+
+GPT2 = load_tokenizer("gpt2")
+GPT2_EOT, encode, decode = GPT2.eot_id, GPT2.encode, GPT2.decode
 from medlm.errors import ConfigError, DataError
 
 
@@ -68,13 +71,13 @@ def test_real_csv_no_original_question_crosses_splits(shared_data_dir, monkeypat
 
 def test_overlong_pair_is_cut_inside_the_questions():
     q1, q2 = "short question?", " ".join(["word"] * 300)
-    ids = encode_pair(DEFAULT_TEMPLATE, q1, q2, max_length=40)
+    ids = encode_pair(DEFAULT_TEMPLATE, q1, q2, max_length=40, tokenizer=GPT2)
     assert len(ids) <= 40
     text = decode(ids)
     assert text.startswith("Question 1: short question?\nQuestion 2: word word")
     assert text.endswith("\nSame meaning:")
     short = DEFAULT_TEMPLATE.format(question_1="a?", question_2="b?")
-    assert encode_pair(DEFAULT_TEMPLATE, "a?", "b?", 40) == encode(short)  # short pairs are untouched
+    assert encode_pair(DEFAULT_TEMPLATE, "a?", "b?", 40, GPT2) == encode(short)  # short pairs are untouched
 
 
 def test_synthetic_csv_splits_and_header(tmp_path):

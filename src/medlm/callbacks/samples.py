@@ -11,7 +11,7 @@ from pathlib import Path
 
 import lightning.pytorch as L
 
-from medlm.data.tokenizer import GPT2_EOT, decode, encode
+from medlm.data.tokenizer import Tokenizer
 from medlm.models.generation import generate
 from medlm.utils.io import atomic_write
 from medlm.utils.tracking import log_artifact
@@ -31,7 +31,7 @@ class SampleGenerations(L.Callback):
         if not prompts:
             return
         refs = dm.sample_references(self.num_prompts) if hasattr(dm, "sample_references") else [None] * len(prompts)
-        answers = self.answer(pl_module, prompts)
+        answers = self.answer(pl_module, dm.tokenizer, prompts)
         self.history.append((trainer.current_epoch, answers))
         path = Path(trainer.default_root_dir) / "samples" / f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}.md"
         with atomic_write(path) as f:
@@ -42,11 +42,12 @@ class SampleGenerations(L.Callback):
                     f.write(f"**Reference**\n\n```\n{ref}\n```\n\n")
         log_artifact(trainer.loggers, path, "samples")
 
-    def answer(self, pl_module: L.LightningModule, prompts: list[str]) -> list[str]:
+    def answer(self, pl_module: L.LightningModule, tokenizer: Tokenizer, prompts: list[str]) -> list[str]:
         """Generate a continuation for each prompt, its start cut so that prompt and answer fit the context."""
         settings = dict(pl_module.sample_settings)
         max_new = int(settings.pop("max_new_tokens", 48))
         budget = pl_module.net.config.block_size - max_new
-        ids = [encode(p)[-budget:] for p in prompts]
-        out = generate(pl_module.net, ids, max_new, eos_id=GPT2_EOT, seed=self.seed, **settings)
-        return [decode([t for t in toks if t != GPT2_EOT]).strip() for toks in out]
+        ids = [tokenizer.encode_prompt(p)[-budget:] for p in prompts]
+        out = generate(pl_module.net, ids, max_new, stop_sequences=[[t] for t in tokenizer.stop_ids],
+                       seed=self.seed, **settings)
+        return [tokenizer.decode([t for t in toks if t not in tokenizer.stop_ids]).strip() for toks in out]

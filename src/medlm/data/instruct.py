@@ -35,7 +35,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from medlm.data.cache import TokenCache, cache_key
-from medlm.data.checks import check_number, template_fields
+from medlm.utils.checks import check_number, template_fields
 from medlm.data.masked_examples import (
     OVERLONG,
     PackedExamples,
@@ -48,7 +48,7 @@ from medlm.data.masked_examples import (
 from medlm.data.medquad import ALPACA_TEMPLATE, format_prompt
 from medlm.data.packing import EpochShuffleSampler
 from medlm.data.sources import DATA_DIR_ENV, HubSource, LocalSource, RawRecord, Source, find_data_files
-from medlm.data.tokenizer import get_tokenizer
+from medlm.data.tokenizer import load_tokenizer
 from medlm.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ class InstructionDataModule(L.LightningDataModule):
         self.block_size, self.packing, self.overlong = block_size, packing, overlong
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache = TokenCache(cache_dir)
-        self.tokenizer = tokenizer
+        self.tokenizer = load_tokenizer(tokenizer)
         self.num_sample_questions = num_sample_questions
         self.name = name
         self._sources: dict[str, Source | None] | None = None
@@ -404,7 +404,7 @@ class InstructionDataModule(L.LightningDataModule):
         return cache_key(dataset="instruct", format=FORMAT_VERSION, split=split, source=self._origin(split).identity(),
                          derived={"seed": self.seed, "val_fraction": self.val_fraction} if derived else None,
                          fields=self.fields, min_values=self.min_values, template=self.template,
-                         tokenizer=self.tokenizer)
+                         tokenizer=self.tokenizer.name)
 
     def tokens(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The split's examples as a flat token array and an (n, 2) index of (prompt length,
@@ -425,7 +425,7 @@ class InstructionDataModule(L.LightningDataModule):
         tokens, index = self.tokens(split)
         rows, counts = fit_examples(index, self.block_size, self.overlong)
         label = f"{self.name} {split} split ({self._origin(split).describe()})"
-        pad_id = get_tokenizer(self.tokenizer).eot_token
+        pad_id = self.tokenizer.eot_id
         if self.packing:
             dataset: Dataset = PackedExamples(tokens, rows, self.block_size, pad_id, label)
             layout = f"{len(dataset)} packed blocks of {self.block_size} ({dataset.fill():.0%} filled)"
@@ -454,7 +454,7 @@ class InstructionDataModule(L.LightningDataModule):
             self.datasets[split] = self.build_dataset(split)
         dataset = self.datasets[split]
         sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
-        collate = None if self.packing else PadCollate(get_tokenizer(self.tokenizer).eot_token)
+        collate = None if self.packing else PadCollate(self.tokenizer.eot_id)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

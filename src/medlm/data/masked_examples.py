@@ -26,28 +26,27 @@ import torch
 from torch.utils.data import Dataset
 
 from medlm.data.packing import token_dtype
-from medlm.data.tokenizer import get_tokenizer
+from medlm.data.tokenizer import Tokenizer
 from medlm.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 OVERLONG = ("truncate", "drop")
 
 
-def tokenize_examples(pairs: Iterable[tuple[str, str]], tokenizer: str = "gpt2") -> tuple[np.ndarray, np.ndarray]:
+def tokenize_examples(pairs: Iterable[tuple[str, str]], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
     """(prompt, answer) texts -> a flat array of every ``prompt + answer + eot`` and an index
     (n, 2) int64 of each example's (prompt length, total length), in order.
 
     Prompt and answer are encoded separately, so that the prompt tokens are exactly those that a
     prompt encoded alone gives at generation time. Special tokens written in a text stay text.
     """
-    enc = get_tokenizer(tokenizer)
-    dtype = token_dtype(enc.n_vocab)
+    dtype = token_dtype(tokenizer.vocab_size)
     parts: list[np.ndarray] = []
     index: list[tuple[int, int]] = []
     for prompt, answer in pairs:
-        p = enc.encode_ordinary(prompt)
-        a = enc.encode_ordinary(answer)
-        parts.append(np.asarray(p + a + [enc.eot_token], dtype=dtype))
+        p = tokenizer.encode(prompt)
+        a = tokenizer.encode(answer)
+        parts.append(np.asarray(p + a + [tokenizer.eot_id], dtype=dtype))
         index.append((len(p), len(p) + len(a) + 1))
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     return tokens, np.asarray(index, dtype=np.int64).reshape(-1, 2)

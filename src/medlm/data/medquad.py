@@ -293,9 +293,9 @@ def build_records(
     tokens of prompt + answer. Every pair is counted under its source."""
     encode = None
     if max_tokens is not None:
-        from medlm.data.tokenizer import get_tokenizer
+        from medlm.data.tokenizer import load_tokenizer
 
-        encode = get_tokenizer(tokenizer).encode_ordinary
+        encode = load_tokenizer(tokenizer).encode
     seen: set[tuple[str, str, str]] = set()
     records = []
     for pair in pairs:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from medlm.data.tokenizer import get_tokenizer
+from medlm.data.tokenizer import Tokenizer
 from medlm.errors import ConfigError, DataError
 
 
@@ -23,19 +23,18 @@ def token_dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 2**16 else np.dtype(np.int32)
 
 
-def tokenize_texts(texts: Iterable[str], tokenizer: str = "gpt2") -> np.ndarray:
+def tokenize_texts(texts: Iterable[str], tokenizer: Tokenizer) -> np.ndarray:
     """Encode ``texts`` into one flat array, each record followed by the end-of-text token.
 
     Special tokens written inside a text are encoded as plain text, so a record can never end
     early or inject a control token. (One text at a time: tiktoken's threaded batch encoder is
     no faster on a few cores, and this holds one record's Python list at a time.)
     """
-    enc = get_tokenizer(tokenizer)
-    dtype = token_dtype(enc.n_vocab)
-    eot = np.array([enc.eot_token], dtype=dtype)
+    dtype = token_dtype(tokenizer.vocab_size)
+    eot = np.array([tokenizer.eot_id], dtype=dtype)
     parts: list[np.ndarray] = []
     for text in texts:
-        parts.append(np.asarray(enc.encode_ordinary(text), dtype=dtype))
+        parts.append(np.asarray(tokenizer.encode(text), dtype=dtype))
         parts.append(eot)
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 

@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader
 
 from medlm.data import packing
 from medlm.data.cache import TokenCache, cache_key
-from medlm.data.checks import check_number, template_fields
+from medlm.utils.checks import check_number, template_fields
 from medlm.data.packing import EpochShuffleSampler, PackedBlocks
+from medlm.data.tokenizer import load_tokenizer
 from medlm.data.sources import HubSource, RawRecord, Source, resolve_source
 from medlm.errors import ConfigError, DataError
 
@@ -269,7 +270,7 @@ class PubMedQADataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.cache = TokenCache(cache_dir)
-        self.tokenizer = tokenizer
+        self.tokenizer = load_tokenizer(tokenizer)
         self.num_sample_questions = num_sample_questions
         self.revision = revision
         self.exclude_official_test = bool(exclude_official_test)
@@ -348,7 +349,7 @@ class PubMedQADataModule(L.LightningDataModule):
 
     def _key(self, *parts: str, **extra: Any) -> str:
         return cache_key(dataset="pubmedqa", format=FORMAT_VERSION, source=self.source.identity(),
-                         hub_config=self.hub_config, template=self.template, tokenizer=self.tokenizer,
+                         hub_config=self.hub_config, template=self.template, tokenizer=self.tokenizer.name,
                          parts=parts, **extra)
 
     def _tokens(self, name: str, key: str, records: Sequence[PubMedQARecord]) -> np.ndarray:

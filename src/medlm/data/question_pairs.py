@@ -13,6 +13,7 @@ with ``<|endoftext|>``, and ``labels`` (B,).
 from __future__ import annotations
 
 import csv
+from functools import partial
 import os
 import random
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medlm.data.tokenizer import GPT2_EOT, decode, encode
+from medlm.data.tokenizer import Tokenizer, load_tokenizer
 from medlm.errors import ConfigError, DataError
 
 HUB_ID = "curaihealth/medical_questions_pairs"
@@ -121,9 +122,10 @@ def split_by_question(pairs: Sequence[QuestionPair], val_fraction: float, test_f
     return out
 
 
-def encode_pair(template: str, q1: str, q2: str, max_length: int) -> list[int]:
+def encode_pair(template: str, q1: str, q2: str, max_length: int, tokenizer: Tokenizer) -> list[int]:
     """Tokens of the filled template, at most ``max_length``; an overlong pair is cut inside its
     questions (the longer first), so that the template's tail, the token scored, survives."""
+    encode, decode = tokenizer.encode, tokenizer.decode
     ids = encode(template.format(question_1=q1, question_2=q2))
     while len(ids) > max_length:
         t1, t2 = encode(q1), encode(q2)
@@ -142,9 +144,9 @@ def encode_pair(template: str, q1: str, q2: str, max_length: int) -> list[int]:
 class PairDataset(Dataset):
     """Token ids and labels of a list of pairs, tokenised once."""
 
-    def __init__(self, pairs: Iterable[QuestionPair], template: str, max_length: int) -> None:
+    def __init__(self, pairs: Iterable[QuestionPair], template: str, max_length: int, tokenizer: Tokenizer) -> None:
         self.pairs = list(pairs)
-        self.examples = [(encode_pair(template, p.question_1, p.question_2, max_length), p.label)
+        self.examples = [(encode_pair(template, p.question_1, p.question_2, max_length, tokenizer), p.label)
                          for p in self.pairs]
 
     def __len__(self) -> int:
@@ -154,7 +156,7 @@ class PairDataset(Dataset):
         return self.examples[i]
 
 
-def collate_pairs(batch: Sequence[tuple[list[int], int]], pad_id: int = GPT2_EOT) -> dict[str, torch.Tensor]:
+def collate_pairs(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad to the longest example: input_ids, attention_mask (B, T) long; labels (B,) long."""
     T = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
@@ -168,11 +170,11 @@ def collate_pairs(batch: Sequence[tuple[list[int], int]], pad_id: int = GPT2_EOT
 
 class QuestionPairsDataModule(L.LightningDataModule):
     num_labels = 2
-    pad_token_id = GPT2_EOT
 
     def __init__(self, path: str | None = None, hub_id: str = HUB_ID, template: str = DEFAULT_TEMPLATE,
                  max_length: int = 128, batch_size: int = 16, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, seed: int = 1337, num_workers: int = 0) -> None:
+                 test_fraction: float = 0.1, seed: int = 1337, num_workers: int = 0,
+                 tokenizer: str = "gpt2") -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         if not isinstance(max_length, int) or max_length < 1:
@@ -194,8 +196,9 @@ class QuestionPairsDataModule(L.LightningDataModule):
                               f"{{question_2}}: {type(err).__name__}: {err}") from None
         if "{question_1}" not in template or "{question_2}" not in template:
             raise ConfigError(f"data.template must contain {{question_1}} and {{question_2}}, got {template!r}")
-        if len(encode(bare)) >= max_length:
-            raise ConfigError(f"data.template alone takes {len(encode(bare))} tokens, no room for the "
+        self.tokenizer = load_tokenizer(tokenizer)
+        if len(self.tokenizer.encode(bare)) >= max_length:
+            raise ConfigError(f"data.template alone takes {len(self.tokenizer.encode(bare))} tokens, no room for the "
                               f"questions within data.max_length={max_length}")
         self.path, self.hub_id, self.template = path, hub_id, template
         self.max_length, self.batch_size, self.num_workers = max_length, batch_size, num_workers
@@ -229,14 +232,14 @@ class QuestionPairsDataModule(L.LightningDataModule):
         if self.datasets:
             return
         self.splits = split_by_question(self.read_pairs(), self.val_fraction, self.test_fraction, self.seed)
-        self.datasets = {k: PairDataset(v, self.template, self.max_length) for k, v in self.splits.items()}
+        self.datasets = {k: PairDataset(v, self.template, self.max_length, self.tokenizer) for k, v in self.splits.items()}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          generator=generator, collate_fn=collate_pairs, num_workers=self.num_workers,
+                          generator=generator, collate_fn=partial(collate_pairs, pad_id=self.tokenizer.eot_id), num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

@@ -19,7 +19,6 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from medlm.data.tokenizer import GPT2_EOT
 from medlm.errors import ConfigError, MedlmError
 from medlm.models.checkpoint import build_model, model_spec
 from medlm.models.convert import read_hf_config, read_hf_state_dict, write_hf_checkpoint
@@ -33,7 +32,7 @@ HF_CONV1D_MODELS = {"gpt2"}  # HF model types whose linear layers are Conv1D: PE
 class SequenceClassifier(nn.Module):
     """``backbone.hidden_states`` -> last non-padding token -> ``score`` -> logits (B, num_labels)."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int = 2, pad_token_id: int | None = GPT2_EOT,
+    def __init__(self, backbone: nn.Module, num_labels: int = 2, pad_token_id: int | None = None,
                  hidden_size: int | None = None) -> None:
         super().__init__()
         if isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 1:
@@ -83,7 +82,7 @@ class SequenceClassifier(nn.Module):
 
         A ``GPT2ForSequenceClassification`` directory (e.g. from :func:`export_merged_hf`) brings
         its trained ``score`` head; any other GPT-2 gets a fresh head. ``pad_token_id`` defaults to
-        the checkpoint's, else ``<|endoftext|>``.
+        the checkpoint's, else its end-of-text (``eos_token_id``).
         """
         from medlm.models.gpt2 import GPT2
 
@@ -102,8 +101,10 @@ class SequenceClassifier(nn.Module):
                 backbone = GPT2.from_pretrained(tmp, **overrides)
             del state
         if pad_token_id is None:
-            pad_token_id = hf_config.get("pad_token_id")
-            pad_token_id = GPT2_EOT if pad_token_id is None else pad_token_id
+            # GPT-2 has no padding token: HF pads with its end-of-text, the config's eos
+            pad_token_id = hf_config.get("pad_token_id", hf_config.get("eos_token_id"))
+            if pad_token_id is None:
+                pad_token_id = hf_config.get("eos_token_id")
         model = cls(backbone, num_labels=num_labels, pad_token_id=pad_token_id)
         if head is not None:
             if tuple(head.shape) != tuple(model.score.weight.shape):
@@ -178,7 +179,8 @@ def _hf_classifier_config(model: SequenceClassifier, backbone: nn.Module) -> tup
     config["architectures"] = [arch]
     config["id2label"] = {str(i): f"LABEL_{i}" for i in range(model.num_labels)}
     config["label2id"] = {f"LABEL_{i}": i for i in range(model.num_labels)}
-    config["pad_token_id"] = model.pad_token_id
+    # the classifier pads with the tokenizer's end-of-text, which also begins and ends a text
+    config["pad_token_id"] = config["bos_token_id"] = config["eos_token_id"] = model.pad_token_id
     return config, dict(state)
 
 

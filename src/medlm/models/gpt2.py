@@ -246,7 +246,7 @@ class GPT2(nn.Module):
     def to_hf(self) -> tuple[dict, dict[str, Tensor]]:
         """(config, state_dict) of the equivalent HF ``GPT2LMHeadModel``, for ``convert.write_hf_checkpoint``.
 
-        The output layer is tied (``tie_word_embeddings``), so ``lm_head.weight`` is not written.
+        Token ids (bos, eos) are the tokenizer's, so the exporter writes them. The output layer is tied (``tie_word_embeddings``), so ``lm_head.weight`` is not written.
         A model without biases gets zero biases: HF's GPT-2 always has them. Tensors that need no
         transpose share memory with the model.
         """
@@ -272,10 +272,6 @@ class GPT2(nn.Module):
             "tie_word_embeddings": True,
             "use_cache": True,
         }
-        # the GPT-2 tokenizer's <|endoftext|> begins and ends a text; another vocabulary has none
-        # (HF's default, 50256, would be outside it)
-        eot = _GPT2_EOT if c.vocab_size > _GPT2_EOT else None
-        config["bos_token_id"] = config["eos_token_id"] = eot
         state: dict[str, Tensor] = {}
         for name, t in self.state_dict().items():
             if name == "lm_head.weight":
@@ -293,7 +289,6 @@ class GPT2(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Loading helpers
 
-_GPT2_EOT = 50256  # id of <|endoftext|> in the GPT-2 tokenizer
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 _HF_BUFFER = re.compile(r"\.attn\.(bias|masked_bias)$")  # causal-mask buffers of older HF versions
 _HUB_PATTERNS = (["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],

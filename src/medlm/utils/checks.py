@@ -1,4 +1,4 @@
-"""Checks of DataModule settings, shared so that every dataset fails the same way before reading data."""
+"""Checks of config values, shared so that models and data fail the same way before any data is read."""
 
 from __future__ import annotations
 

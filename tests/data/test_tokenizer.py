@@ -1,15 +1,18 @@
-"""Llama 3's tokenizer over a small synthetic ranks file: all 256 bytes plus a few merges."""
+"""The Tokenizer: GPT-2's through tiktoken, and Llama 3's over a small synthetic ranks file (all 256
+bytes plus a few merges); load_tokenizer's specs."""
 
 from __future__ import annotations
 
 import base64
 from pathlib import Path
 
+import pickle
+
 import pytest
 
-from medlm.data import llama3_tokenizer
-from medlm.data.llama3_tokenizer import SPECIAL_TOKENS, Llama3Tokenizer
-from medlm.errors import MedlmError
+from medlm.data import tokenizer as llama3_tokenizer
+from medlm.data.tokenizer import SPECIAL_TOKENS, Llama3Tokenizer, load_tokenizer, tokenizer_for_model_dir
+from medlm.errors import ConfigError, MedlmError
 
 # Merges in rank order; each is the concatenation of two earlier tokens, as a BPE needs.
 MERGES = [b"he", b"ll", b"hell", b"hello", b" w", b"or", b" wor", b"ld", b" world", b"aa"]
@@ -48,23 +51,20 @@ def test_special_tokens_follow_meta_order(tok: Llama3Tokenizer) -> None:
     assert len(SPECIAL_TOKENS) == 256 and len(set(SPECIAL_TOKENS)) == 256
     assert tok.vocab_size == N_RANKS + 256
     assert tok.bos_id == N_RANKS  # 128000 with Meta's 128000 ranks
-    assert tok.eos_id == N_RANKS + 1
+    assert tok.eot_id == N_RANKS + 1  # <|end_of_text|> ends a document
     assert tok.special_tokens["<|start_header_id|>"] == N_RANKS + 6
     assert tok.special_tokens["<|end_header_id|>"] == N_RANKS + 7
-    assert tok.eot_id == tok.special_tokens["<|eot_id|>"] == N_RANKS + 9
+    assert tok.special_tokens["<|eot_id|>"] == N_RANKS + 9
     assert tok.special_tokens["<|reserved_special_token_250|>"] == N_RANKS + 255
-    assert tok.stop_ids == {tok.eos_id, tok.eot_id}
+    assert tok.stop_ids == (N_RANKS + 1, N_RANKS + 9)  # <|end_of_text|>, <|eot_id|>
 
 
-def test_bos_eos_and_special_text(tok: Llama3Tokenizer) -> None:
-    ids = tok.encode("hello", bos=True, eos=True)
-    assert ids == [tok.bos_id, RANK[b"hello"], tok.eos_id]
-    assert tok.decode(ids) == "<|begin_of_text|>hello<|end_of_text|>"
-    # special tokens written in user text stay text unless allowed
-    plain = tok.encode("<|eot_id|>")
-    assert tok.eot_id not in plain and tok.decode(plain) == "<|eot_id|>"
-    assert tok.encode("<|eot_id|>", allowed_special="all") == [tok.eot_id]
-    assert tok.encode("hi<|eot_id|>", allowed_special={"<|eot_id|>"})[-1] == tok.eot_id
+def test_prompts_start_with_bos_and_special_text_stays_text(tok: Llama3Tokenizer) -> None:
+    ids = tok.encode_prompt("hello")
+    assert ids == [tok.bos_id, RANK[b"hello"]]
+    assert tok.decode(ids + [tok.eot_id]) == "<|begin_of_text|>hello<|end_of_text|>"
+    plain = tok.encode("<|eot_id|>")  # special tokens written in user text stay text
+    assert not set(plain) & set(tok.stop_ids) and tok.decode(plain) == "<|eot_id|>"
 
 
 def test_decode_round_trips_unicode(tok: Llama3Tokenizer) -> None:
@@ -137,3 +137,36 @@ def test_fast_path_agrees_with_the_scan(text: str, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(llama3_tokenizer, "MAX_NO_WHITESPACES_CHARS", 3)
     scanned = list(llama3_tokenizer._split_long_runs(text, 3))
     assert list(llama3_tokenizer._pieces(text)) == (scanned if len(scanned) > 1 else [text] if text else [])
+
+
+def test_gpt2_tokenizer() -> None:
+    tok = load_tokenizer("gpt2")
+    assert (tok.name, tok.vocab_size, tok.bos_id, tok.stop_ids) == ("gpt2", 50257, None, (tok.eot_id,))
+    assert tok.decode([tok.eot_id]) == "<|endoftext|>"
+    assert tok.eot_id not in tok.encode("a <|endoftext|> b")  # special text stays text
+    assert tok.encode_batch(["hello", "world"]) == [tok.encode("hello"), tok.encode("world")]
+    assert tok.encode_prompt("") == [tok.eot_id]  # an empty prompt starts a new document
+    assert pickle.loads(pickle.dumps(tok)) is tok  # rebuilt by name in workers and ranks
+
+
+def test_load_tokenizer_specs(tok_path: Path, tmp_path: Path) -> None:
+    by_prefix = load_tokenizer(f"llama3:{tok_path}")
+    assert load_tokenizer(tok_path).encode("hello") == by_prefix.encode("hello") == [RANK[b"hello"]]
+    assert load_tokenizer(tok_path.parent).vocab_size == by_prefix.vocab_size  # a directory holding one
+    assert by_prefix.name == f"llama3:{tok_path}"
+    with pytest.raises(ConfigError, match="unknown tokenizer 'gpt5'"):
+        load_tokenizer("gpt5")
+    with pytest.raises(MedlmError, match="no such tokenizer file"):
+        load_tokenizer(tmp_path / "missing.model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedlmError, match="no tokenizer.model in this directory"):
+        load_tokenizer(tmp_path / "empty")
+
+
+def test_tokenizer_of_a_model_directory(tok_path: Path, tmp_path: Path) -> None:
+    assert tokenizer_for_model_dir(tok_path.parent, 10).vocab_size == N_RANKS + 256
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    assert tokenizer_for_model_dir(bare, 50304).name == "gpt2"  # GPT-2's vocabulary, padded
+    with pytest.raises(MedlmError, match="a vocabulary of 32000 is not GPT-2's"):
+        tokenizer_for_model_dir(bare, 32000)
