@@ -14,7 +14,8 @@ import torch
 from hydra.utils import instantiate
 
 from medlm.data.instruct import InstructionDataModule
-from medlm.data.medquad import ALPACA_TEMPLATE, convert
+from medlm.data.alpaca import ALPACA_TEMPLATE
+from medlm.data.medquad import convert
 from medlm.modules.causal_lm import CausalLM
 from medlm.train import train
 from tests.helpers import compose_train, mlflow_runs
@@ -51,11 +52,12 @@ def test_experiment_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert cfg.model.config.block_size == cfg.data.block_size == 256
     assert cfg.data.packing is True and cfg.trainer.accelerator == "cpu"
     # the prompts the converter's length filter counted are the prompts trained on
-    assert dict(cfg.data.template) == dict(ALPACA_TEMPLATE)
+    assert cfg.data.template is None  # the one Alpaca template, the converter's too
     assert cfg.data.path == str(tmp_path / ".cache" / "medlm" / "medquad_alpaca")
     assert cfg.data.medquad_src == str(tmp_path / "data" / "medquad" / "xml")
     dm = instantiate(cfg.data)
     assert isinstance(dm, InstructionDataModule) and dm.name == "medquad_alpaca"
+    assert dm.template == dict(ALPACA_TEMPLATE)
 
 
 def test_short_run_lowers_the_answer_token_loss_and_logs_sample_answers(tmp_path: Path) -> None:

@@ -167,7 +167,7 @@ def evaluate(cfg: DictConfig) -> list[ArmResult]:
 
     labels = [p.label for p in examples]
     majority = max(labels.count(k) for k in set(labels)) / len(labels)
-    source = datamodule.local_file() or datamodule.hub_id
+    source = datamodule.source.describe()
     title = f"{cfg.split} split: {len(examples)} pairs of {source} (seed {cfg.data.seed})"
     rows = comparison_table(results)
     table = markdown_table(rows)

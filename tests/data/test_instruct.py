@@ -401,7 +401,7 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="data.path=.*nowhere: no such file or directory"):
         dm_for(tmp_path, path=str(tmp_path / "nowhere")).records("train")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="directory holds no train split"):
+    with pytest.raises(DataError, match="directory holds none of train.jsonl"):
         dm_for(tmp_path, path=str(tmp_path / "empty")).records("train")
     write_jsonl(tmp_path / "blank" / "train.jsonl", [""])
     with pytest.raises(DataError, match="no instruction records"):

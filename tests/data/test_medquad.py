@@ -14,7 +14,8 @@ from xml.sax.saxutils import escape
 import pytest
 
 from medlm.data import medquad
-from medlm.data.medquad import ALPACA_TEMPLATE, convert, format_prompt, format_summary
+from medlm.data.alpaca import ALPACA_TEMPLATE, format_prompt
+from medlm.data.medquad import convert, format_summary
 from medlm.data.tokenizer import load_tokenizer
 
 encode = load_tokenizer("gpt2").encode

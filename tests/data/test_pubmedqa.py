@@ -32,7 +32,7 @@ from medlm.errors import ConfigError, DataError, MedlmError
 AUTHORS_TEST_SHA256 = "406e3b89eff577ed38571eca5a5819734a6f49ac0437d171b6c64e5c3cd195f8"
 UNREACHABLE = ("cannot reach the Hugging Face Hub for qiaojin/PubMedQA (pqa_labeled) and no local data is "
                "configured: set data.path=/path/to/ori_pqal.json or MEDLM_DATA_DIR=/path/to/data (with "
-               "pubmedqa/ori_pqal.json), or stage the data with medlm-prepare")
+               "pubmedqa/ori_pqal.json)")
 
 
 # ------------------------------------------------------------------------------ synthetic files

@@ -11,7 +11,7 @@ from medlm.data.tokenizer import load_tokenizer
 
 GPT2 = load_tokenizer("gpt2")
 GPT2_EOT, encode, decode = GPT2.eot_id, GPT2.encode, GPT2.decode
-from medlm.errors import ConfigError, DataError
+from medlm.errors import MedlmError, ConfigError, DataError
 
 
 def _write_csv(path, rows: list[str]) -> str:
@@ -31,7 +31,7 @@ def _synthetic_rows(n_questions: int) -> list[str]:
 def test_real_csv_no_original_question_crosses_splits(shared_data_dir, monkeypatch):
     monkeypatch.setenv("MEDLM_DATA_DIR", str(shared_data_dir))
     dm = QuestionPairsDataModule(seed=1337)
-    assert dm.local_file() == shared_data_dir / "medical_question_pairs" / "mqp.csv"
+    assert dm.source.files == (shared_data_dir / "medical_question_pairs" / "mqp.csv",)
     dm.setup()
     sizes = {k: len(v) for k, v in dm.splits.items()}
     assert sum(sizes.values()) == 3048
@@ -111,7 +111,7 @@ def test_missing_sources_are_clear(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no such file"):
         QuestionPairsDataModule(path=str(tmp_path / "absent.csv")).setup()
     monkeypatch.setenv("MEDLM_DATA_DIR", str(tmp_path))  # no mqp.csv there -> the Hub, offline in tests
-    with pytest.raises(DataError, match="curaihealth/medical_questions_pairs"):
+    with pytest.raises(MedlmError, match="curaihealth/medical_questions_pairs.*set data.path=.*mqp.csv"):
         QuestionPairsDataModule().setup()
     with pytest.raises(DataError, match="no question pairs"):
         read_pairs_csv(_write_csv(tmp_path / "empty.csv", [""]))

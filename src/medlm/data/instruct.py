@@ -24,8 +24,6 @@ naming the file and the line (or the Hub row).
 from __future__ import annotations
 
 import logging
-import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -45,9 +43,10 @@ from medlm.data.masked_examples import (
     fit_examples,
     tokenize_examples,
 )
-from medlm.data.medquad import ALPACA_TEMPLATE, format_prompt
+from medlm.data.alpaca import ALPACA_TEMPLATE, check_template, format_prompt
 from medlm.data.packing import EpochShuffleSampler
-from medlm.data.sources import DATA_DIR_ENV, HubSource, LocalSource, RawRecord, Source, find_data_files
+from medlm.data.splits import seeded_split
+from medlm.data.sources import DATA_DIR_ENV, HubSource, LocalSource, RawRecord, Source, resolve_sources
 from medlm.data.tokenizer import load_tokenizer
 from medlm.errors import ConfigError, DataError
 
@@ -57,7 +56,6 @@ SPLITS = ("train", "val", "test")
 ROLES = ("instruction", "input", "output")
 DEFAULT_FIELDS = {"instruction": "instruction", "input": "input", "output": "output"}
 DEFAULT_HUB_SPLITS = {"train": "train", "val": None, "test": None}
-TEMPLATE_KEYS = {"prompt_input": ("instruction", "input"), "prompt_no_input": ("instruction",)}
 # Bump when parsing or formatting changes the tokens a config produces: invalidates cached tokens.
 FORMAT_VERSION = 1
 
@@ -155,30 +153,13 @@ def split_by_prompt(records: Sequence[InstructionRecord], val_fraction: float, s
     if len(keys) - n_val < 1:
         raise DataError(f"{origin}: {len(keys)} distinct prompt(s) cannot be split into train and validation "
                         f"(data.val_fraction={val_fraction}); at least 2 are needed")
-    val_keys = set(random.Random(seed).sample(keys, n_val))
+    val_keys = {keys[i] for i in seeded_split([1] * len(keys), {"val": n_val}, seed)["val"]}
     train = [r for r in records if (r.instruction, r.input) not in val_keys]
     val = [r for r in records if (r.instruction, r.input) in val_keys]
     return train, val
 
 
 # ----------------------------------------------------------------------------------- config checks
-
-
-def check_template(template: Any) -> dict[str, str]:
-    """The two Alpaca prompts, checked: each a string that formats with instruction (and input)."""
-    if not isinstance(template, Mapping) or set(template) != set(TEMPLATE_KEYS):
-        raise ConfigError(f"data.template must map exactly {', '.join(TEMPLATE_KEYS)} to prompts, got {template!r:.200}")
-    for key, needed in TEMPLATE_KEYS.items():
-        text = template[key]
-        if not isinstance(text, str) or not text:
-            raise ConfigError(f"data.template.{key} must be a non-empty string, got {text!r}")
-        names = template_fields(text, f"data.template.{key}")
-        unknown = sorted(names - {"instruction", "input"})
-        missing = [n for n in needed if n not in names]
-        if unknown or missing:
-            raise ConfigError(f"data.template.{key} must use {{{'}, {'.join(needed)}}} and nothing else; "
-                              f"unknown {unknown}, missing {missing} in {text!r}")
-    return {k: str(template[k]) for k in TEMPLATE_KEYS}
 
 
 def check_fields(fields: Any) -> dict[str, str | None]:
@@ -312,12 +293,6 @@ class InstructionDataModule(L.LightningDataModule):
         summary = convert(src, out_dir)
         log.info("MedQuAD conversion:\n%s", format_summary(summary))
 
-    def _find_splits(self, directory: Path) -> dict[str, Source | None] | None:
-        found = {s: find_data_files(directory, SPLIT_PATTERNS[s]) for s in SPLITS}
-        if not found["train"]:
-            return None
-        return {s: LocalSource(files) if files else None for s, files in found.items()}
-
     def _resolve_sources(self) -> dict[str, Source | None]:
         if self.train_path:
             sources: dict[str, Source | None] = {}
@@ -327,30 +302,18 @@ class InstructionDataModule(L.LightningDataModule):
                     raise DataError(f"data.{split}_path={value}: no such file")
                 sources[split] = LocalSource((p,)) if p is not None else None
             return sources
-        if self.path:
-            p = Path(self.path).expanduser()
-            if self.medquad_src is not None:
-                self._convert_medquad(p)
-            if not p.exists():
-                raise DataError(f"data.path={self.path}: no such file or directory")
-            if p.is_file():
-                return {"train": LocalSource((p,)), "val": None, "test": None}
-            found = self._find_splits(p) or (self._find_splits(p / self.subdir) if self.subdir else None)
-            if found is None:
-                raise DataError(f"data.path={self.path}: directory holds no train split "
-                                f"({', '.join(SPLIT_PATTERNS['train'][:3])}, ...)")
-            return found
-        env = os.environ.get(DATA_DIR_ENV)
-        if env and self.subdir:
-            found = self._find_splits(Path(env).expanduser() / self.subdir)
-            if found is not None:
-                return found
+        if self.path and self.medquad_src is not None:
+            self._convert_medquad(Path(self.path).expanduser())
+        hub = None
         if self.hub_id:
-            return {s: HubSource(self.hub_id, self.hub_config, split, self.revision, hint_subdir=self.subdir or "",
-                                 hint_file="train.jsonl") if split else None for s, split in self.hub_splits.items()}
-        raise ConfigError("no instruction data configured: set data.path (an Alpaca JSONL file, or a directory "
-                          "with train.jsonl/val.jsonl/test.jsonl), data.train_path, or data.hub_id"
-                          + (f" (or put the files in ${DATA_DIR_ENV}/{self.subdir}/)" if self.subdir else ""))
+            hub = {s: HubSource(self.hub_id, self.hub_config, split, self.revision, hint_subdir=self.subdir or "",
+                                hint_file="train.jsonl") if split else None for s, split in self.hub_splits.items()}
+        found = resolve_sources(self.path, subdir=self.subdir, patterns=SPLIT_PATTERNS, hub=hub)
+        if found is None:
+            raise ConfigError("no instruction data configured: set data.path (an Alpaca JSONL file, or a directory "
+                              "with train.jsonl/val.jsonl/test.jsonl), data.train_path, or data.hub_id"
+                              + (f" (or put the files in ${DATA_DIR_ENV}/{self.subdir}/)" if self.subdir else ""))
+        return found
 
     @property
     def sources(self) -> dict[str, Source | None]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import random
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -27,21 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from medlm.data.splits import seeded_split
+from medlm.data.alpaca import ALPACA_TEMPLATE, check_template, format_prompt
 from medlm.errors import ConfigError, DataError
 from medlm.utils.io import atomic_write
-
-# The Stanford Alpaca prompts (tatsu-lab/stanford_alpaca), in alpaca-lora's two-variant shape.
-ALPACA_TEMPLATE: Mapping[str, str] = {
-    "prompt_input": (
-        "Below is an instruction that describes a task, paired with an input that provides further "
-        "context. Write a response that appropriately completes the request.\n\n"
-        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
-    ),
-    "prompt_no_input": (
-        "Below is an instruction that describes a task. Write a response that appropriately "
-        "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-    ),
-}
 
 DEFAULT_MAX_TOKENS = 1024  # GPT-2's context: a longer example cannot be trained on whole
 SPLITS = ("train", "val", "test")
@@ -112,12 +100,6 @@ class Summary:
 def normalize_ws(text: str | None) -> str:
     """Collapse every run of whitespace (newlines included) to one space and strip the ends."""
     return _WS.sub(" ", text or "").strip()
-
-
-def format_prompt(instruction: str, input: str = "", template: Mapping[str, str] = ALPACA_TEMPLATE) -> str:
-    """The prompt text a model sees before the response, Alpaca style."""
-    key = "prompt_input" if input else "prompt_no_input"
-    return template[key].format(instruction=instruction, input=input)
 
 
 def to_alpaca(pair: QAPair) -> dict:
@@ -333,17 +315,11 @@ def split_records(records: list[dict], seed: int = 0, val_frac: float = 0.05,
     """A seeded shuffle of the records in their (sorted-file) order, cut into train/val/test.
     The same records and seed give the same split on every machine."""
     check_fractions(val_frac, test_frac)
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_val = round(len(order) * val_frac)
-    n_test = round(len(order) * test_frac)
-    cut = {
-        "val": order[:n_val],
-        "test": order[n_val:n_val + n_test],
-        "train": order[n_val + n_test:],
-    }
+    n = len(records)
+    sizes = {"val": round(n * val_frac), "test": round(n * test_frac)}
     # each split keeps the input order, so a diff between runs reads like the source
-    return {name: [records[i] for i in sorted(cut[name])] for name in SPLITS}
+    parts = seeded_split([1] * n, sizes, seed)
+    return {name: [records[i] for i in parts[name]] for name in SPLITS}
 
 
 def write_splits(splits: Mapping[str, list[dict]], out_dir: str | Path) -> dict[str, Path]:
@@ -385,9 +361,7 @@ def convert(
     if max_tokens is not None and max_tokens < 1:
         raise ConfigError(f"max_tokens={max_tokens}: must be a positive number of tokens (or None)")
     check_fractions(val_frac, test_frac)
-    for key in ("prompt_input", "prompt_no_input"):
-        if key not in template:
-            raise ConfigError(f"template: missing the {key!r} prompt")
+    template = check_template(template)
     src = Path(src)
     if fmt == "auto":
         fmt = detect_format(src)

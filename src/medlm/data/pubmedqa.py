@@ -31,6 +31,7 @@ from medlm.data.cache import TokenCache, cache_key
 from medlm.utils.checks import check_number, template_fields
 from medlm.data.packing import EpochShuffleSampler, PackedBlocks
 from medlm.data.tokenizer import load_tokenizer
+from medlm.data.splits import seeded_split
 from medlm.data.sources import HubSource, RawRecord, Source, resolve_source
 from medlm.errors import ConfigError, DataError
 
@@ -141,10 +142,8 @@ def split_train_val(records: Sequence[PubMedQARecord], val_fraction: float, seed
     if n - n_val < 1:
         raise DataError(f"{origin}: {n} record(s) cannot be split into train and validation "
                         f"(data.val_fraction={val_fraction}); at least 2 are needed")
-    val_idx = set(random.Random(seed).sample(range(n), n_val))
-    train = [r for i, r in enumerate(records) if i not in val_idx]
-    val = [r for i, r in enumerate(records) if i in val_idx]
-    return train, val
+    parts = seeded_split([1] * n, {"val": n_val}, seed)
+    return [records[i] for i in parts["train"]], [records[i] for i in parts["val"]]
 
 
 def _split_label(pubids: list[str], fold: int, rng: random.Random) -> list[list[str]]:

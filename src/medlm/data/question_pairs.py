@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import csv
 from functools import partial
-import os
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -24,11 +22,14 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medlm.data.sources import HubSource, Source, resolve_source
+from medlm.data.splits import seeded_split
 from medlm.data.tokenizer import Tokenizer, load_tokenizer
 from medlm.errors import ConfigError, DataError
 
 HUB_ID = "curaihealth/medical_questions_pairs"
-LOCAL_FILE = Path("medical_question_pairs") / "mqp.csv"
+SUBDIR = "medical_question_pairs"
+LOCAL_FILE = "mqp.csv"
 DEFAULT_TEMPLATE = "Question 1: {question_1}\nQuestion 2: {question_2}\nSame meaning:"
 CSV_HEADER = ("dr_id", "question_1", "question_2", "label")
 
@@ -81,18 +82,12 @@ def read_pairs_csv(path: str | Path) -> list[QuestionPair]:
     return pairs
 
 
-def read_pairs_hub(hub_id: str = HUB_ID) -> list[QuestionPair]:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(hub_id, split="train")
-    except Exception as err:  # offline, unknown id, network
-        raise DataError(f"cannot load {hub_id!r} from the Hugging Face Hub ({type(err).__name__}: {err}); "
-                        f"set data.path or MEDLM_DATA_DIR to a folder holding {LOCAL_FILE}") from None
+def read_pairs_hub(source: HubSource) -> list[QuestionPair]:
+    ds = source.load()
     missing = [c for c in CSV_HEADER if c not in ds.column_names]
     if missing:
-        raise DataError(f"{hub_id}: records lack the fields {missing} (has {ds.column_names})")
-    return [_check_pair(r["dr_id"], r["question_1"], r["question_2"], r["label"], f"{hub_id} record {i}")
+        raise DataError(f"{source.describe()}: records lack the fields {missing} (has {ds.column_names})")
+    return [_check_pair(r["dr_id"], r["question_1"], r["question_2"], r["label"], f"{source.hub_id} record {i}")
             for i, r in enumerate(ds)]
 
 
@@ -103,19 +98,10 @@ def split_by_question(pairs: Sequence[QuestionPair], val_fraction: float, test_f
     for p in pairs:
         groups.setdefault(p.question_1, []).append(p)
     keys = sorted(groups)
-    random.Random(seed).shuffle(keys)
     n = len(pairs)
-    want = {"test": round(test_fraction * n), "val": round(val_fraction * n)}
-    out: dict[str, list[QuestionPair]] = {"train": [], "val": [], "test": []}
-    it = iter(keys)
-    for split in ("test", "val"):
-        while len(out[split]) < want[split]:
-            key = next(it, None)
-            if key is None:
-                break
-            out[split].extend(groups[key])
-    for key in it:
-        out["train"].extend(groups[key])
+    sizes = {"test": round(test_fraction * n), "val": round(val_fraction * n)}
+    parts = seeded_split([len(groups[k]) for k in keys], sizes, seed)
+    out = {split: [p for i in parts[split] for p in groups[keys[i]]] for split in ("train", "val", "test")}
     if not out["train"]:
         raise ConfigError(f"data: {n} pairs leave nothing to train on with val_fraction={val_fraction}, "
                           f"test_fraction={test_fraction}")
@@ -203,30 +189,27 @@ class QuestionPairsDataModule(L.LightningDataModule):
         self.path, self.hub_id, self.template = path, hub_id, template
         self.max_length, self.batch_size, self.num_workers = max_length, batch_size, num_workers
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
+        self._source: Source | None = None
         self.splits: dict[str, list[QuestionPair]] = {}
         self.datasets: dict[str, PairDataset] = {}
 
-    def local_file(self) -> Path | None:
-        """The CSV to read: ``path`` (a file, or a folder holding mqp.csv), else under MEDLM_DATA_DIR."""
-        if self.path is not None:
-            p = Path(self.path).expanduser()
-            if p.is_dir():
-                p = p / LOCAL_FILE.name if (p / LOCAL_FILE.name).is_file() else p / LOCAL_FILE
-            if not p.is_file():
-                raise DataError(f"{p}: no such file (data.path)")
-            return p
-        root = os.environ.get("MEDLM_DATA_DIR")
-        if root and (Path(root) / LOCAL_FILE).is_file():
-            return Path(root) / LOCAL_FILE
-        return None
+    @property
+    def source(self) -> Source:
+        """``data.path`` (the CSV, or a folder holding it), ``$MEDLM_DATA_DIR``, else the Hub."""
+        if self._source is None:
+            hub = HubSource(self.hub_id, None, "train", hint_subdir=SUBDIR, hint_file=LOCAL_FILE)
+            self._source = resolve_source(self.path, subdir=SUBDIR, patterns=[LOCAL_FILE], hub=hub)
+        return self._source
 
     def read_pairs(self) -> list[QuestionPair]:
-        local = self.local_file()
-        return read_pairs_csv(local) if local is not None else read_pairs_hub(self.hub_id)
+        source = self.source
+        if isinstance(source, HubSource):
+            return read_pairs_hub(source)
+        return [pair for path in source.files for pair in read_pairs_csv(path)]
 
     def prepare_data(self) -> None:
-        if self.local_file() is None:
-            read_pairs_hub(self.hub_id)  # download into the datasets cache once, on rank 0
+        if isinstance(self.source, HubSource):
+            self.source.load()  # download into the datasets cache once, on rank 0
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:

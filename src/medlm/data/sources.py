@@ -16,7 +16,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence, Union
 
 from medlm.data.cache import file_identity, hub_identity
 from medlm.errors import ConfigError, DataError, MedlmError
@@ -163,8 +163,7 @@ class HubSource:
         return (
             f"cannot reach the Hugging Face Hub for {self.hub_id}{config} and no local data is "
             f"configured: set data.path=/path/to/{self.hint_file} or {DATA_DIR_ENV}=/path/to/data "
-            f"(with {self.hint_subdir}/{self.hint_file}), or stage the data with medlm-prepare"
-            + self.note
+            f"(with {self.hint_subdir}/{self.hint_file})" + self.note
         )
 
     def load(self):
@@ -213,29 +212,50 @@ def find_data_files(directory: Path, patterns: Sequence[str]) -> tuple[Path, ...
     return ()
 
 
-def resolve_source(path: str | os.PathLike | None, *, subdir: str, patterns: Sequence[str],
-                   hub: HubSource) -> Source:
-    """Pick the source by the order in the module docstring.
+def resolve_sources(path: str | os.PathLike | None, *, subdir: str | None,
+                    patterns: Mapping[str, Sequence[str]],
+                    hub: Mapping[str, HubSource | None] | None) -> dict[str, Source | None] | None:
+    """Each split's source, by the order in the module docstring.
 
-    ``patterns`` are the dataset's file names (globs) in order of preference, relative to its
-    directory; ``data.path`` may name that directory or the data root above it (``<root>/<subdir>``).
+    ``patterns`` maps each split to its file names (globs) in order of preference, relative to the
+    dataset's directory; the first split is the one that must exist. ``data.path`` may name one
+    file (the first split), that directory, or the data root above it (``<root>/<subdir>``).
+    ``hub`` gives each split's Hub source; None (no Hub dataset configured) returns None when no
+    local files are found.
     """
+    first = next(iter(patterns))
+
+    def local(directory: Path) -> dict[str, Source | None] | None:
+        found = {split: find_data_files(directory, names) for split, names in patterns.items()}
+        if not found[first]:
+            return None
+        return {split: LocalSource(files) if files else None for split, files in found.items()}
+
     if path is not None and str(path) != "":
         p = Path(path).expanduser()
         if not p.exists():
             raise DataError(f"data.path={path}: no such file or directory")
         if p.is_file():
-            return LocalSource((p,))
-        files = find_data_files(p, patterns) or find_data_files(p / subdir, patterns)
-        if not files:
-            raise DataError(f"data.path={path}: directory holds none of {', '.join(patterns)} "
-                            f"(nor {subdir}/ with them)")
-        return LocalSource(files)
+            return {split: LocalSource((p,)) if split == first else None for split in patterns}
+        found = local(p) or (local(p / subdir) if subdir else None)
+        if found is None:
+            where = f" (nor {subdir}/ with them)" if subdir else ""
+            raise DataError(f"data.path={path}: directory holds none of {', '.join(patterns[first])}{where}")
+        return found
     env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        files = find_data_files(Path(env).expanduser() / subdir, patterns)
-        if files:
-            return LocalSource(files)
-        note = f" ({DATA_DIR_ENV}={env} holds none of {subdir}/{{{', '.join(patterns)}}})"
-        return replace(hub, note=note)
-    return hub
+    note = ""
+    if env and subdir:
+        found = local(Path(env).expanduser() / subdir)
+        if found is not None:
+            return found
+        note = f" ({DATA_DIR_ENV}={env} holds none of {subdir}/{{{', '.join(patterns[first])}}})"
+    if hub is None:
+        return None
+    return {split: replace(h, note=note) if h is not None else None for split, h in hub.items()}
+
+
+def resolve_source(path: str | os.PathLike | None, *, subdir: str, patterns: Sequence[str],
+                   hub: HubSource) -> Source:
+    """The source of a dataset with one split (see :func:`resolve_sources`)."""
+    found = resolve_sources(path, subdir=subdir, patterns={"train": patterns}, hub={"train": hub})
+    return found["train"]
