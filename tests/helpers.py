@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from medlm.train import CONFIG_DIR
+from medlm.utils.cli import CONFIG_DIR
 
 
 def compose_train(root: Path, overrides: list[str], output_dir: Path | None = None,

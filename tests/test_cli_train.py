@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from medlm.train import main
+from medlm.cli.train import main
 from tests.helpers import mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")

@@ -11,7 +11,7 @@ import torch
 from medlm import export, generate
 from medlm.models.checkpoint import load_model
 from medlm.models.llama import Llama
-from medlm.train import train
+from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
 
 SMALL = ["data.batch_size=4", "data.block_size=64", "trainer.enable_progress_bar=false"]

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from medlm import export as export_cli
 from medlm.data.question_pairs import collate_pairs
 from medlm.modules.classifier import export_checkpoint, load_classifier
-from medlm.train import train
+from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
 
 TOL = 1e-4

@@ -17,7 +17,7 @@ from medlm.data.instruct import InstructionDataModule
 from medlm.data.alpaca import ALPACA_TEMPLATE
 from medlm.data.medquad import convert
 from medlm.modules.causal_lm import CausalLM
-from medlm.train import train
+from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
 
 ORGANS = ("liver", "heart", "lung", "kidney", "skin", "brain")

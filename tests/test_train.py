@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medlm.train import train
+from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")

@@ -17,7 +17,6 @@ import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import hydra
@@ -33,10 +32,9 @@ from medlm.errors import ConfigError  # noqa: E402
 from medlm.models.lora import trainable_parameter_summary  # noqa: E402
 from medlm.modules.classifier import (SequenceClassification, classifier_from_checkpoint,  # noqa: E402
                                       read_checkpoint, write_confusion_matrix)
-from medlm.train import CONFIG_DIR, make_loggers, record_run  # noqa: E402
-from medlm.utils.cli import user_errors  # noqa: E402
+from medlm.utils.cli import CONFIG_DIR, user_errors  # noqa: E402
 from medlm.utils.io import atomic_path, atomic_write  # noqa: E402
-from medlm.utils.tracking import log_artifact  # noqa: E402
+from medlm.utils.tracking import log_artifact, make_loggers, record_run  # noqa: E402
 
 log = logging.getLogger("medlm.evaluate")
 METRICS = {"acc": "accuracy", "f1": "F1", "precision": "precision", "recall": "recall"}
@@ -188,8 +186,7 @@ def evaluate(cfg: DictConfig) -> list[ArmResult]:
 
     loggers = make_loggers(cfg, None)
     if loggers:
-        # train.record_run reads only the loggers of the trainer it is given
-        record_run(SimpleNamespace(loggers=loggers), cfg, out, resumed=False)
+        record_run(loggers, cfg, out, resumed=False)
         metrics = {f"{r.name}/{cfg.split}/{k}": v for r in results for k, v in r.metrics.items()}
         metrics |= {f"{r.name}/trainable_params": float(r.trainable) for r in results}
         for lg in loggers:

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from medlm.errors import ConfigError, MedlmError
-from medlm.generate import OneLineErrorParser
 from medlm.data.tokenizer import Tokenizer, load_tokenizer
 from medlm.generator import checkpoint_tokenizer_name, read_checkpoint
 from medlm.models.checkpoint import load_model
 from medlm.models.convert import write_hf_checkpoint
-from medlm.utils.cli import user_errors
+from medlm.utils.cli import OneLineErrorParser, user_errors
 from medlm.utils.io import atomic_path, atomic_write
 
 _GPT2_FILES = {  # tiktoken's sources of the gpt2 encoding: OpenAI's encoder.json and vocab.bpe are

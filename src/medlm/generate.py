@@ -15,21 +15,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
 from medlm.errors import ConfigError, DataError
 from medlm.generator import Generator
-from medlm.utils.cli import USER_ERROR_EXIT, user_errors
+from medlm.utils.cli import OneLineErrorParser, user_errors
 
 SEPARATOR = "-" * 40
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Usage mistakes as one ``error:`` line and exit 2, like every other user error."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
+from typing import Iterator, NoReturn
 
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from medlm.errors import ConfigError, MedlmError
 
 USER_ERROR_EXIT = 2
+
+
+def find_config_dir() -> str:
+    """The Hydra config tree: a checkout's top-level ``conf/`` (the one users edit; an editable
+    install runs from it), else the copy installed with the package (``medlm/conf``)."""
+    package = Path(__file__).resolve().parents[1]  # src/medlm, or site-packages/medlm
+    checkout = package.parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "conf" / "train.yaml").is_file():
+        return str(checkout / "conf")
+    return str(package / "conf")
+
+
+CONFIG_DIR = find_config_dir()
+# The project dir is where medlm-train runs. ${hydra:runtime.cwd} cannot name it: a sweeper lays out
+# its job dirs before Hydra's runtime config exists.
+if not OmegaConf.has_resolver("medlm.cwd"):
+    OmegaConf.register_new_resolver("medlm.cwd", os.getcwd)
 
 
 def find_user_error(exc: BaseException) -> MedlmError | None:
@@ -36,4 +57,12 @@ def user_errors() -> Iterator[None]:
         if err is None:
             raise
         print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage mistakes as one ``error:`` line and exit 2, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)

@@ -6,11 +6,18 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
+from medlm.utils.io import atomic_write
+
 # MLflow rejects longer param values; a longer one (a long template) is cut and marked
 MAX_PARAM_LENGTH = 6000
+# the run folder's record of its MLflow run, which a resumed run continues
+RUN_ID_FILE = "mlflow_run_id"
 
 
 def mlflow_loggers(loggers: Iterable[Logger]) -> list[MLFlowLogger]:
@@ -49,3 +56,41 @@ def git_commit(repo: str | Path) -> str:
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
+    """The configured loggers; an MLflow logger continues run ``resume_run_id`` when given."""
+    loggers = []
+    for lcfg in (cfg.get("logger") or {}).values():
+        if lcfg is None:
+            continue
+        extra = {"run_id": resume_run_id} if resume_run_id and "MLFlowLogger" in lcfg._target_ else {}
+        loggers.append(instantiate(lcfg, **extra))
+    return loggers
+
+
+def record_run(loggers: Iterable[Logger], cfg: DictConfig, output_dir: Path, resumed: bool) -> None:
+    """What every run records, training or evaluation: the resolved config as params (a resumed run
+    keeps the params it has), the config and overrides as files and artifacts, and tags (git commit,
+    Hydra job, task, tags). Writes the MLflow run id into the run folder, for a resume to continue."""
+    hydra_cfg = HydraConfig.get()
+    config_file = output_dir / "config.yaml"
+    with atomic_write(config_file) as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
+    overrides_file = output_dir / "overrides.yaml"
+    with atomic_write(overrides_file) as f:
+        f.write(OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))))
+    tags = {"git_commit": git_commit(Path(__file__).parent), "hydra_job_name": hydra_cfg.job.name,
+            "hydra_job_num": str(hydra_cfg.job.get("num", 0)), "output_dir": str(output_dir),
+            "task_name": cfg.task_name, **{f"tag.{t}": "true" for t in cfg.get("tags") or []}}
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        tags["sweep_dir"] = str(Path(hydra_cfg.sweep.dir).resolve())
+    for lg in mlflow_loggers(loggers):
+        if not resumed:
+            lg.log_hyperparams(flatten_config(cfg))
+        for key, value in tags.items():
+            lg.experiment.set_tag(lg.run_id, key, value)
+        with atomic_write(output_dir / RUN_ID_FILE) as f:
+            f.write(lg.run_id)
+    log_artifact(loggers, config_file, "config")
+    log_artifact(loggers, overrides_file, "config")

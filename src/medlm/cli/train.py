@@ -9,29 +9,18 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import hydra
 import lightning.pytorch as L
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from medlm.errors import ConfigError, MedlmError
-from medlm.utils.cli import user_errors
-from medlm.utils.io import atomic_write
-from medlm.utils.tracking import flatten_config, git_commit, log_artifact, mlflow_loggers
+from medlm.utils.cli import CONFIG_DIR, user_errors
+from medlm.utils.tracking import RUN_ID_FILE, make_loggers, mlflow_loggers, record_run
 
 log = logging.getLogger("medlm.train")
-# The project dir is where medlm-train runs. ${hydra:runtime.cwd} cannot name it: a sweeper lays out
-# its job dirs before Hydra's runtime config exists.
-if not OmegaConf.has_resolver("medlm.cwd"):
-    OmegaConf.register_new_resolver("medlm.cwd", os.getcwd)
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-RUN_ID_FILE = "mlflow_run_id"
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: Path) -> str | None:
@@ -51,41 +40,6 @@ def check_context(cfg: DictConfig, net) -> None:
     block, context = cfg.data.get("block_size"), getattr(net.config, "block_size", None)
     if block is not None and context is not None and block > context:
         raise ConfigError(f"data.block_size: {block} is longer than the model's context of {context} tokens")
-
-
-def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
-    loggers = []
-    for lcfg in (cfg.get("logger") or {}).values():
-        if lcfg is None:
-            continue
-        extra = {"run_id": resume_run_id} if resume_run_id and "MLFlowLogger" in lcfg._target_ else {}
-        loggers.append(instantiate(lcfg, **extra))
-    return loggers
-
-
-def record_run(trainer: L.Trainer, cfg: DictConfig, output_dir: Path, resumed: bool) -> None:
-    """Params, config artifacts and tags of the run; a resumed run keeps the params it has."""
-    hydra_cfg = HydraConfig.get()
-    config_file = output_dir / "config.yaml"
-    with atomic_write(config_file) as f:
-        f.write(OmegaConf.to_yaml(cfg, resolve=True))
-    overrides_file = output_dir / "overrides.yaml"
-    with atomic_write(overrides_file) as f:
-        f.write(OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))))
-    tags = {"git_commit": git_commit(Path(__file__).parent), "hydra_job_name": hydra_cfg.job.name,
-            "hydra_job_num": str(hydra_cfg.job.get("num", 0)), "output_dir": str(output_dir),
-            "task_name": cfg.task_name, **{f"tag.{t}": "true" for t in cfg.get("tags") or []}}
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        tags["sweep_dir"] = str(Path(hydra_cfg.sweep.dir).resolve())
-    for lg in mlflow_loggers(trainer.loggers):
-        if not resumed:
-            lg.log_hyperparams(flatten_config(cfg))
-        for key, value in tags.items():
-            lg.experiment.set_tag(lg.run_id, key, value)
-        with atomic_write(output_dir / RUN_ID_FILE) as f:
-            f.write(lg.run_id)
-    log_artifact(trainer.loggers, config_file, "config")
-    log_artifact(trainer.loggers, overrides_file, "config")
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -108,7 +62,7 @@ def train(cfg: DictConfig) -> float | None:
     # a callback set to null on the command line (callbacks.samples=null) is switched off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg, resume_run_id))
-    record_run(trainer, cfg, output_dir, resumed=resume_run_id is not None)
+    record_run(trainer.loggers, cfg, output_dir, resumed=resume_run_id is not None)
 
     if cfg.get("train"):
         log.info("fitting%s", f", resuming from {ckpt_path}" if ckpt_path else "")
