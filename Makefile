@@ -17,7 +17,7 @@ ifneq ($(wildcard $(SHARED)/data),)
 export MEDLM_DATA_DIR ?= $(SHARED)/data
 endif
 
-.PHONY: install train test bench ui clean
+.PHONY: install train test test-fast lint format bench ui clean
 
 install: $(STAMP)
 
@@ -27,11 +27,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -e ".[dev]"
 	@touch $@
 
-train: install  ## the quickstart run (override anything: make train ARGS="experiment=biomedgpt_pubmedqa")
-	$(VENV)/bin/medlm-train $(ARGS)
+train: install  ## the quickstart run (override anything: make train ARGS="trainer.max_epochs=5")
+	$(VENV)/bin/medlm-train experiment=quickstart $(ARGS)
 
 test: install  ## the test suite; MEDLM_REQUIRE_SHARED_DATA=1 turns missing real data into failures
 	$(PY) -m pytest $(ARGS)
+
+test-fast: install  ## the tests without the slow end-to-end runs of the console scripts, for the edit-test loop
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+lint: install  ## ruff: lint and formatting (make format fixes what it can)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: install
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
 
 bench: install  ## training tokens/s (Lightning vs a plain loop); generation tokens/s (vs transformers)
 	$(PY) benchmarks/bench_train.py $(ARGS)

@@ -60,3 +60,9 @@ def tiny_hf_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = GPT2Config(vocab_size=50257, n_positions=256, n_embd=32, n_layer=2, n_head=2)
     GPT2LMHeadModel(config).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def token_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One token cache for the session: each dataset and tokenizer is tokenised once."""
+    return tmp_path_factory.mktemp("token_cache")

@@ -15,7 +15,7 @@ from medlm.cli.train import main
 from tests.helpers import mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
-QUICK = ["data.batch_size=4", "data.block_size=64", "trainer.enable_progress_bar=false", "callbacks.samples=null",
+QUICK = ["experiment=quickstart", "data.batch_size=4", "data.block_size=64", "trainer.enable_progress_bar=false", "callbacks.samples=null",
          "trainer.max_epochs=1", "trainer.limit_train_batches=3", "+trainer.limit_val_batches=2"]
 TRAIN_BIN = Path(sys.executable).parent / "medlm-train"
 
@@ -50,7 +50,7 @@ RECORD = {"QUESTION": "Does it work?", "CONTEXTS": ["Some context."], "LONG_ANSW
 @pytest.mark.parametrize("name, make_args, expected", [
     ("wrong model value, before any data is read",
      lambda tmp: ["model.config.n_head=5", "data.path=/nonexistent/ori_pqal.json"], "model.n_head"),
-    ("block_size over the model's context", lambda tmp: ["data.block_size=256"], "data.block_size"),
+    ("block_size over the model's context", lambda tmp: ["model.config.block_size=32"], "data.block_size"),
     ("path that does not exist", lambda tmp: ["data.path=/nonexistent/ori_pqal.json"], "/nonexistent/ori_pqal.json"),
     ("malformed JSON", lambda tmp: [f"data.path={pubmedqa_file(tmp, TRUNCATED_JSON)}"], "ori_pqal.json"),
     ("record missing a field",

@@ -29,7 +29,7 @@ def test_composes_a_small_llama_with_cpu_gpu_and_ddp_trainers(tmp_path: Path) ->
     assert (m.vocab_size, m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.block_size) == (50257, 128, 4, 4, 2, 128)
     assert cfg.data._target_ == "medlm.data.pubmedqa.PubMedQADataModule" and cfg.data.block_size == 128
     assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("cpu", "32-true")
-    assert cfg.module.samples.temperature == 0.7 and cfg.module.samples.top_p == 0.9
+    assert cfg.callbacks.samples.temperature == 0.7 and cfg.callbacks.samples.top_p == 0.9
     assert "MLFlowLogger" in cfg.logger.mlflow._target_
     gpu = compose_train(tmp_path, ["experiment=llama_medical", "trainer=gpu"]).trainer
     assert (gpu.accelerator, gpu.devices, gpu.precision) == ("gpu", 1, "bf16-mixed")
@@ -62,7 +62,7 @@ def test_pretrained_llama_directory_fine_tunes(tmp_path: Path, cache_dir: Path) 
 def test_trains_records_generates_and_exports(tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture) -> None:
     cfg = compose_train(tmp_path, ["experiment=llama_medical", *SMALL, "trainer.max_epochs=2",
                                    "+trainer.limit_train_batches=6", "+trainer.limit_val_batches=2",
-                                   "module.samples.max_new_tokens=6"], cache_dir=cache_dir)
+                                   "callbacks.samples.max_new_tokens=6"], cache_dir=cache_dir)
     train(cfg)
 
     [run] = mlflow_runs(tmp_path)

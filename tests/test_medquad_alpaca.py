@@ -67,7 +67,7 @@ def test_short_run_lowers_the_answer_token_loss_and_logs_sample_answers(tmp_path
         "experiment=medquad_alpaca", f"data.path={d}", "data.medquad_src=null", "data.block_size=64",
         "data.batch_size=4", "model.config.block_size=64", "model.config.n_embd=16", "model.config.n_head=2",
         "model.config.n_layer=2", "optim.lr=2e-2", "scheduler.warmup_steps=2", "trainer.max_epochs=2",
-        "+trainer.limit_train_batches=6", "module.samples.max_new_tokens=12"], cache_dir=tmp_path / "cache")
+        "+trainer.limit_train_batches=6", "callbacks.samples.max_new_tokens=12"], cache_dir=tmp_path / "cache")
 
     # the answer-token loss of the very model the run starts from (train() seeds, then builds the net)
     L.seed_everything(cfg.seed)
@@ -101,7 +101,7 @@ def test_real_medquad_is_converted_on_first_use(shared_data_dir: Path, tmp_path:
     src = shared_data_dir / "medquad" / "xml" / "9_CDC_QA"  # one source folder keeps the test short
     out = tmp_path / "medquad_alpaca"
     cfg = compose_train(tmp_path, ["experiment=medquad_alpaca", f"data.path={out}", f"data.medquad_src={src}",
-                                   "debug=fdr", "module.samples.max_new_tokens=4", "data.batch_size=2"], cache_dir=tmp_path / "cache")
+                                   "debug=fdr", "callbacks.samples.max_new_tokens=4", "data.batch_size=2"], cache_dir=tmp_path / "cache")
     train(cfg)
     reference = tmp_path / "reference"
     summary = convert(src, reference)  # what `medlm-prepare medquad SRC OUT` writes
@@ -111,9 +111,9 @@ def test_real_medquad_is_converted_on_first_use(shared_data_dir: Path, tmp_path:
 
 
 def test_real_weights_variant_runs(tmp_path: Path, tiny_hf_gpt2: Path) -> None:
-    cfg = compose_train(tmp_path, ["experiment=medquad_alpaca", "model=gpt2_pretrained", "~model.config",
+    cfg = compose_train(tmp_path, ["experiment=medquad_alpaca", "model=gpt2_pretrained",
                                    f"model.name_or_dir={tiny_hf_gpt2}", f"data.path={learnable_dir(tmp_path)}",
-                                   "data.medquad_src=null", "debug=fdr", "module.samples.max_new_tokens=4", "data.batch_size=2"],
+                                   "data.medquad_src=null", "debug=fdr", "callbacks.samples.max_new_tokens=4", "data.batch_size=2"],
                         cache_dir=tmp_path / "cache")
     assert "config" not in cfg.model
     train(cfg)

@@ -42,8 +42,8 @@ def test_biomedgpt_experiment_sets_the_recipe(tmp_path: Path) -> None:
 
 
 def test_quickstart_loss_falls_and_mlflow_records_the_run(tmp_path: Path, cache_dir: Path) -> None:
-    cfg = compose_train(tmp_path, [*SMALL, "trainer.max_epochs=2", "trainer.limit_train_batches=25",
-                                   "+trainer.limit_val_batches=3", "module.samples.max_new_tokens=8"],
+    cfg = compose_train(tmp_path, ["experiment=quickstart", *SMALL, "trainer.max_epochs=2", "trainer.limit_train_batches=25",
+                                   "+trainer.limit_val_batches=3", "callbacks.samples.max_new_tokens=8"],
                         cache_dir=cache_dir)
     best = train(cfg)
 
@@ -66,7 +66,7 @@ def test_quickstart_loss_falls_and_mlflow_records_the_run(tmp_path: Path, cache_
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path, cache_dir: Path) -> None:
-    common = [*SMALL, "trainer.limit_train_batches=6", "+trainer.limit_val_batches=2", "callbacks.samples=null"]
+    common = ["experiment=quickstart", *SMALL, "trainer.limit_train_batches=6", "+trainer.limit_val_batches=2", "callbacks.samples=null"]
     straight = compose_train(tmp_path / "a", common + ["trainer.max_epochs=2"], cache_dir=cache_dir)
     train(straight)
 

@@ -1,8 +1,8 @@
 """Answers generated for a fixed set of validation questions at every validation, logged as artifacts.
 
-The DataModule supplies the prompts (``sample_prompts(n)``, the same questions every epoch) and,
-optionally, the reference answers (``sample_references(n)``); the module supplies the sampling
-settings (``sample_settings``: max_new_tokens, temperature, top_k, top_p).
+The DataModule supplies the prompts (``sample_prompts(n)``, the same questions every epoch), its
+tokenizer and, optionally, the reference answers (``sample_references(n)``); this callback's config
+(``callbacks.samples``) holds the sampling settings.
 """
 
 from __future__ import annotations
@@ -13,14 +13,25 @@ import lightning.pytorch as L
 
 from medlm.data.tokenizer import Tokenizer
 from medlm.models.generation import generate
+from medlm.errors import ConfigError
+from medlm.utils.checks import check_number
 from medlm.utils.io import atomic_write
 from medlm.utils.tracking import log_artifact
 
 
 class SampleGenerations(L.Callback):
-    def __init__(self, num_prompts: int = 3, seed: int = 1234) -> None:
-        self.num_prompts = num_prompts
-        self.seed = seed
+    def __init__(self, num_prompts: int = 3, max_new_tokens: int = 48, temperature: float = 0.8,
+                 top_k: int | None = 50, top_p: float | None = 0.95, seed: int = 1234) -> None:
+        key = "callbacks.samples"
+        check_number(num_prompts, f"{key}.num_prompts", int, 0)
+        check_number(max_new_tokens, f"{key}.max_new_tokens", int, 1)
+        check_number(temperature, f"{key}.temperature", (int, float), 0)
+        if top_k is not None:
+            check_number(top_k, f"{key}.top_k", int, 1)
+        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+            raise ConfigError(f"{key}.top_p must be a number in (0, 1], got {top_p!r}")
+        self.num_prompts, self.seed = num_prompts, seed
+        self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
         self.history: list[tuple[int, list[str]]] = []  # (epoch, answers), for tests and summaries
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -44,10 +55,8 @@ class SampleGenerations(L.Callback):
 
     def answer(self, pl_module: L.LightningModule, tokenizer: Tokenizer, prompts: list[str]) -> list[str]:
         """Generate a continuation for each prompt, its start cut so that prompt and answer fit the context."""
-        settings = dict(pl_module.sample_settings)
-        max_new = int(settings.pop("max_new_tokens", 48))
-        budget = pl_module.net.config.block_size - max_new
+        budget = pl_module.net.config.block_size - self.max_new_tokens
         ids = [tokenizer.encode_prompt(p)[-budget:] for p in prompts]
-        out = generate(pl_module.net, ids, max_new, stop_sequences=[[t] for t in tokenizer.stop_ids],
-                       seed=self.seed, **settings)
+        out = generate(pl_module.net, ids, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                       top_p=self.top_p, stop_sequences=[[t] for t in tokenizer.stop_ids], seed=self.seed)
         return [tokenizer.decode([t for t in toks if t not in tokenizer.stop_ids]).strip() for toks in out]

@@ -27,14 +27,13 @@ IGNORE_INDEX = -100
 
 class CausalLM(L.LightningModule):
     def __init__(self, net: nn.Module, optimizer: Callable[..., Optimizer],
-                 scheduler: Callable[..., Any] | None = None, samples: dict | None = None) -> None:
+                 scheduler: Callable[..., Any] | None = None) -> None:
         super().__init__()
         # the partials are rebuilt from the config, never pickled into checkpoints
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.sample_settings = dict(samples or {})
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.tokens_seen = 0
 

@@ -1,0 +1,81 @@
+"""Every file under conf/ composes, and every experiment runs one batch of everything (fast_dev_run).
+
+The lists come from the folder, so a new group option or experiment is tested the day it is added;
+an experiment whose data or weights cannot be local here must say how it runs offline in OFFLINE.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from medlm.cli.train import train
+from medlm.utils.cli import CONFIG_DIR
+from tests.helpers import compose_train
+
+CONF = Path(CONFIG_DIR)
+GROUPS = sorted(
+    p.relative_to(CONF).as_posix()
+    for p in CONF.rglob("*.yaml")
+    if p.parent != CONF and p.parent.name != "hydra"
+)
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+# options that make sense only with others: classification data needs a classifier
+COMPANIONS = {
+    "data/question_pairs": ["model=gpt2_lora_classifier", "module=classifier"],
+    "model/gpt2_lora_classifier": ["data=question_pairs", "module=classifier"],
+    "model/gpt2_linear_probe": ["data=question_pairs", "module=classifier"],
+    "module/classifier": ["model=gpt2_lora_classifier", "data=question_pairs"],
+}
+# the local stand-ins for what an experiment would download: a tiny GPT-2 saved by transformers
+NEEDS_WEIGHTS = {"biomedgpt_pubmedqa", "lora_question_pairs", "linear_probe_question_pairs"}
+
+
+def test_every_config_file_is_tested() -> None:
+    assert "experiment/quickstart.yaml" in GROUPS and "debug/fdr.yaml" in GROUPS
+    assert len(EXPERIMENTS) >= 6
+
+
+@pytest.mark.parametrize("option", GROUPS)
+def test_every_group_option_composes_and_resolves(option: str, tmp_path: Path) -> None:
+    group, name = option.removesuffix(".yaml").split("/", 1)
+    overrides = [f"{group}={name}", *COMPANIONS.get(f"{group}/{name}", [])]
+    cfg = compose_train(tmp_path, overrides)
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    assert resolved["task_name"] and resolved["trainer"]["_target_"]
+
+
+def test_eval_config_composes(tmp_path: Path) -> None:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("eval", overrides=[f"paths.root_dir={tmp_path}"])
+    assert cfg.task_name
+
+
+def test_no_experiment_means_each_group_file_speaks_for_itself(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["data=helpsteer"])
+    helpsteer = OmegaConf.load(CONF / "data" / "helpsteer.yaml")
+    assert (cfg.data.block_size, cfg.data.batch_size) == (helpsteer.block_size, helpsteer.batch_size)
+    assert cfg.task_name == "train" and "limit_train_batches" not in cfg.trainer
+    assert cfg.model.config.block_size == cfg.data.block_size  # the model's context follows the data
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs_fast_dev_run(
+    experiment: str, tmp_path: Path, shared_data_dir: Path, tiny_hf_gpt2: Path, token_cache_dir: Path
+) -> None:
+    overrides = [
+        f"experiment={experiment}",
+        "debug=fdr",
+        "trainer.accelerator=cpu",
+        "trainer.precision=32-true",
+        "trainer.enable_progress_bar=false",
+        "data.batch_size=2",
+        f"paths.cache_dir={token_cache_dir}",
+    ]
+    if experiment in NEEDS_WEIGHTS:
+        overrides.append(f"model.pretrained={tiny_hf_gpt2}")
+    train(compose_train(tmp_path, overrides))
+
