@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from medlm.prepare import build_parser, main
+from medlm.cli.prepare import build_parser, main
 
 GOOD = """<?xml version="1.0" encoding="UTF-8"?>
 <Document id="0000001" source="Test" url="https://example.org/1">
