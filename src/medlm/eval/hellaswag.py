@@ -12,7 +12,7 @@ tokens are scored. Three metrics, each named for what it ranks by:
 - ``acc_norm_bytes``: the highest log-likelihood divided by the ending's length in UTF-8 bytes, the
   normalisation of the EleutherAI harness's ``acc_norm`` (its ``completion_len`` is the length of
   the ending string without the leading space, in characters, the same as bytes for the ASCII
-  text of HellaSwag). Its reference for GPT-2 124M: acc 0.2892, acc_norm 0.3114.
+  text of HellaSwag). The harness reports for GPT-2 124M: acc 0.2892, acc_norm 0.3114.
 
 What differs from the harness, on purpose (build-nanogpt's input is kept for all three metrics):
 the harness's query is ``preprocess(activity_label + ": " + ctx_a + " " + ctx_b.capitalize())``
@@ -23,7 +23,8 @@ build-nanogpt's text, and is not expected to reproduce 0.3114 exactly.
 
 Scoring is batched (:mod:`medlm.eval.likelihood`: the context once per item, the four endings as
 segments of the same row) and sharded across DDP ranks: rank ``r`` of ``w`` takes items
-``r, r + w, ...``, as build-nanogpt does; :class:`HellaSwagCounts` sum across ranks.
+``r, r + w, ...``, as build-nanogpt's ``train_gpt2.py`` does; :class:`HellaSwagCounts` sum
+across ranks.
 """
 
 from __future__ import annotations
