@@ -253,6 +253,13 @@ def _not_medlm_ckpt(meta_dir: Path, tmp: Path) -> list:
     return [tmp / "x.ckpt", "--prompt", "hi"]
 
 
+def _classifier_ckpt(meta_dir: Path, tmp: Path) -> list:
+    from medlm.models.classifier import SequenceClassifier
+
+    write_medlm_ckpt(tmp / "clf.ckpt", SequenceClassifier(tiny_gpt2(vocab_size=96), num_labels=2))
+    return [tmp / "clf.ckpt", "--prompt", "hi"]
+
+
 def _garbage_ckpt(meta_dir: Path, tmp: Path) -> list:
     (tmp / "x.ckpt").write_bytes(b"not a checkpoint")
     return [tmp / "x.ckpt", "--prompt", "hi"]
@@ -282,6 +289,7 @@ def _binary_prompt_file(meta_dir: Path, tmp: Path) -> list:
     (_hf_bad_json, "config.json: malformed JSON"),
     (_hf_no_weights, "no weights"),
     (_not_medlm_ckpt, "not a medlm checkpoint (no 'medlm_network' entry)"),
+    (_classifier_ckpt, "holds a SequenceClassifier, not a causal language model"),
     (_garbage_ckpt, "cannot be read as a weights-only checkpoint: truncated, or not a torch file"),
     (_wrong_tokenizer, "tokenizer gpt2 has 50257 tokens but the model"),
     (lambda m, t: [m, "--prompt-file", t / "nope.txt"], "nope.txt: prompt file not found"),
@@ -299,7 +307,7 @@ def _binary_prompt_file(meta_dir: Path, tmp: Path) -> list:
     (lambda m, t: [m], "one of the arguments --prompt --prompt-file is required"),
     (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "ten"], "invalid int value: 'ten'"),
 ], ids=["missing-ckpt", "meta-no-weights", "params-wrong-field", "meta-no-tokenizer", "not-a-model-dir",
-        "hf-unknown-type", "hf-bad-json", "hf-no-weights", "not-medlm-ckpt", "garbage-ckpt", "wrong-tokenizer",
+        "hf-unknown-type", "hf-bad-json", "hf-no-weights", "not-medlm-ckpt", "classifier-ckpt", "garbage-ckpt", "wrong-tokenizer",
         "missing-prompt-file", "empty-prompt-file", "binary-prompt-file", "beyond-context", "second-batch-too-long", "max-seq-len",
         "top-p", "temperature", "top-k", "batch-size", "device", "no-prompt", "not-an-int"])
 def test_bad_input_is_one_line_and_exit_2(make_args, message: str, meta_dir: Path, tmp_path: Path,
