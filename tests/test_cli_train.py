@@ -59,7 +59,7 @@ RECORD = {"QUESTION": "Does it work?", "CONTEXTS": ["Some context."], "LONG_ANSW
     ("unknown decision label",
      lambda tmp: [f"data.path={pubmedqa_file(tmp, {'77': {**RECORD, 'final_decision': 'perhaps'}})}"], "perhaps"),
     ("empty dataset", lambda tmp: [f"data.path={pubmedqa_file(tmp, {})}"], "ori_pqal.json"),
-    ("a required value left unset", lambda tmp: ["model=llama_pretrained"], "model.directory: no value given"),
+    ("a required value left unset", lambda tmp: ["model=llama_pretrained"], "model.pretrained: no value given"),
     ("resume checkpoint that does not exist", lambda tmp: ["ckpt_path=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
 ])
 def test_bad_input_is_one_clear_line(name, make_args, expected, tmp_path, monkeypatch, capsys) -> None:

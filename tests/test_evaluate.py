@@ -13,7 +13,7 @@ import torch
 
 from medlm import evaluate as cli
 from medlm.data.question_pairs import QuestionPairsDataModule
-from medlm.modules.classifier import load_classifier
+from medlm.models.checkpoint import load_network
 from tests.helpers import mlflow_runs
 from tests.test_lora_question_pairs import train_arm, write_pairs
 
@@ -49,7 +49,7 @@ def run_eval(root: Path, args: list[str], monkeypatch: pytest.MonkeyPatch,
 def accuracy(ckpt: Path, pairs: Path) -> float:
     """The arm's test accuracy computed here, independently of medlm-eval."""
     dm = QuestionPairsDataModule(path=str(pairs), max_length=64, batch_size=8)
-    net = load_classifier(ckpt)
+    net = load_network(ckpt)
     right = total = 0
     with torch.no_grad():
         for batch in dm.test_dataloader():

@@ -4,8 +4,6 @@ logits, and Hugging Face directories -> medlm with the same logits."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from medlm.data.tokenizer import load_tokenizer
 
 encode = load_tokenizer("gpt2").encode
 from medlm.generator import load_source
+from medlm.models.classifier import SequenceClassifier
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2
 from medlm.models.llama import Llama, LlamaConfig
@@ -43,7 +42,7 @@ def our_logits(model: torch.nn.Module, ids: torch.Tensor, pos: torch.Tensor | No
 
 
 def tiny_llama(vocab_size: int = 96, tie: bool = False, rope_scaling: dict | None = None) -> Llama:
-    return sharpen(Llama(LlamaConfig(vocab_size=vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+    return sharpen(Llama(LlamaConfig(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_kv_head=2,
                                      ffn_hidden_dim=96, rope_theta=10000.0, block_size=256, tie_embeddings=tie,
                                      rope_scaling=rope_scaling)), seed=1)
 
@@ -152,8 +151,8 @@ def _write(path: Path, obj) -> Path:
 
 @pytest.mark.parametrize("make_args, message", [
     (lambda t: [t / "missing.ckpt", t / "out"], "missing.ckpt: checkpoint not found"),
-    (lambda t: [_write(t / "x.ckpt", {"state_dict": {}}), t / "out"], "not a medlm checkpoint (neither 'medlm_model'"),
-    (lambda t: [_write(t / "x.ckpt", [1, 2]), t / "out"], "not a medlm training checkpoint"),
+    (lambda t: [_write(t / "x.ckpt", {"state_dict": {}}), t / "out"], "not a medlm checkpoint (no 'medlm_network'"),
+    (lambda t: [_write(t / "x.ckpt", [1, 2]), t / "out"], "x.ckpt: holds a list, not the dict of a checkpoint"),
     (lambda t: [write_medlm_ckpt(t / "x.ckpt", tiny_llama()), t / "x.ckpt"], "exists and is not a directory"),
     (lambda t: [write_medlm_ckpt(t / "x.ckpt", tiny_llama()), t / "out", "--merged"],
      "is a causal-LM checkpoint, not a LoRA classifier"),
@@ -169,19 +168,22 @@ def test_bad_input_is_one_line_and_exit_2(make_args, message: str, tmp_path: Pat
 
 def test_classifier_checkpoints_go_to_the_classifier_exporter(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """The contract with medlm.modules.classifier: export_checkpoint(ckpt_path, out_dir, merged) -> files."""
+    """A classifier checkpoint is read once, its network rebuilt and handed to
+    ``export_classifier(model, out_dir, merged, source)`` (tested with real files in
+    tests/test_lora_question_pairs.py)."""
     calls = []
 
-    def export_checkpoint(ckpt_path: Path, out_dir: Path, merged: bool) -> list[Path]:
-        calls.append((ckpt_path, out_dir, merged))
+    def export_classifier(model, out_dir: Path, merged: bool, source: str) -> list[Path]:
+        calls.append((model, out_dir, merged, source))
         return [out_dir / "adapter_model.safetensors"]
 
-    fake = types.ModuleType("medlm.modules.classifier")
-    fake.export_checkpoint = export_checkpoint
-    monkeypatch.setitem(sys.modules, "medlm.modules.classifier", fake)
-    ckpt = _write(tmp_path / "clf.ckpt", {"state_dict": {}, "medlm_classifier": {"base": "gpt2"}})
+    monkeypatch.setattr(cli, "export_classifier", export_classifier)
+    net = SequenceClassifier(tiny_gpt2(vocab_size=96), num_labels=3, pad_token_id=0)
+    ckpt = write_medlm_ckpt(tmp_path / "clf.ckpt", net)
     code, out, _ = run_export([ckpt, tmp_path / "a"], capsys)
     assert code == 0 and out == f"wrote {tmp_path / 'a'}: adapter_model.safetensors\n"
     assert run_export([ckpt, tmp_path / "b", "--merged"], capsys)[0] == 0
-    assert calls == [(ckpt, tmp_path / "a", False), (ckpt, tmp_path / "b", True)]
-    assert all(isinstance(p, Path) for c in calls for p in c[:2])
+    assert [c[1:] for c in calls] == [(tmp_path / "a", False, str(ckpt)), (tmp_path / "b", True, str(ckpt))]
+    model = calls[0][0]
+    assert isinstance(model, SequenceClassifier) and model.num_labels == 3 and not model.training
+    torch.testing.assert_close(model.state_dict(), net.state_dict())

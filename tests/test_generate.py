@@ -17,7 +17,7 @@ from medlm.data.tokenizer import Llama3Tokenizer, Tokenizer, load_tokenizer
 from medlm.errors import ConfigError
 from medlm.generator import Generator, _RowText, load_source
 from medlm.models import generation
-from medlm.models.checkpoint import load_model, model_spec
+from medlm.models.checkpoint import NETWORK_KEY, load_network, network_spec
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.models.llama import Llama, LlamaConfig
@@ -41,7 +41,7 @@ def sharpen(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def write_medlm_ckpt(path: Path, net: torch.nn.Module, tokenizer: str | None = "gpt2") -> Path:
     """A checkpoint as CausalLM writes it: the net under ``net.``, its spec, the DataModule's hparams."""
-    ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "medlm_model": model_spec(net),
+    ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, NETWORK_KEY: network_spec(net),
             "epoch": 0, "global_step": 1}
     if tokenizer is not None:
         ckpt["datamodule_hyper_parameters"] = {"tokenizer": tokenizer, "block_size": 64}
@@ -75,7 +75,7 @@ def meta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_bpe_file(d / "tokenizer.model")
     params = {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 524, "multiple_of": 16,
               "norm_eps": 1e-5, "rope_theta": 500000.0, "max_seq_len": 64}
-    net = sharpen(Llama(LlamaConfig(vocab_size=524, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, multiple_of=16,
+    net = sharpen(Llama(LlamaConfig(vocab_size=524, n_embd=32, n_layer=2, n_head=4, n_kv_head=2, multiple_of=16,
                                     block_size=64)))
     torch.save(net.state_dict(), d / "consolidated.00.pth")
     (d / "params.json").write_text(json.dumps(params))
@@ -148,7 +148,7 @@ def test_checkpoint_streams_tokens_as_they_are_generated(gpt2_ckpt: Path, monkey
     monkeypatch.setattr(sys, "stdout", recorder)
     cli.main([str(gpt2_ckpt), "--prompt", PROMPT, "--max-new-tokens", "16", "--temperature", "0"])
     text = "".join(s for s, _ in recorder.writes)
-    assert text == PROMPT + greedy_text(load_model(gpt2_ckpt), PROMPT, 16) + "\n"
+    assert text == PROMPT + greedy_text(load_network(gpt2_ckpt), PROMPT, 16) + "\n"
     # written piece by piece while the tokens were sampled, not all at the end
     during = {steps for s, steps in recorder.writes if s.strip() and steps < 16}
     assert len(during) >= 5, recorder.writes
@@ -167,7 +167,7 @@ def test_checkpoint_sampling_settings_and_no_cache(gpt2_ckpt: Path, capsys: pyte
 
 
 def test_stop_string_ends_the_output_before_it(gpt2_ckpt: Path, capsys: pytest.CaptureFixture) -> None:
-    full = greedy_text(load_model(gpt2_ckpt), PROMPT, 20)
+    full = greedy_text(load_network(gpt2_ckpt), PROMPT, 20)
     stop = full[6:9]
     code, out, _ = run_cli([gpt2_ckpt, "--prompt", PROMPT, "--max-new-tokens", "20", "--temperature", "0",
                             "--stop", "@@@never", "--stop", stop, "--no-echo"], capsys)
@@ -253,6 +253,13 @@ def _not_medlm_ckpt(meta_dir: Path, tmp: Path) -> list:
     return [tmp / "x.ckpt", "--prompt", "hi"]
 
 
+def _classifier_ckpt(meta_dir: Path, tmp: Path) -> list:
+    from medlm.models.classifier import SequenceClassifier
+
+    write_medlm_ckpt(tmp / "clf.ckpt", SequenceClassifier(tiny_gpt2(vocab_size=96), num_labels=2))
+    return [tmp / "clf.ckpt", "--prompt", "hi"]
+
+
 def _garbage_ckpt(meta_dir: Path, tmp: Path) -> list:
     (tmp / "x.ckpt").write_bytes(b"not a checkpoint")
     return [tmp / "x.ckpt", "--prompt", "hi"]
@@ -281,8 +288,9 @@ def _binary_prompt_file(meta_dir: Path, tmp: Path) -> list:
     (_hf_unknown_type, "model_type 'bert' is not one medlm runs"),
     (_hf_bad_json, "config.json: malformed JSON"),
     (_hf_no_weights, "no weights"),
-    (_not_medlm_ckpt, "not a medlm causal-LM checkpoint"),
-    (_garbage_ckpt, "cannot read as a weights-only checkpoint"),
+    (_not_medlm_ckpt, "not a medlm checkpoint (no 'medlm_network' entry)"),
+    (_classifier_ckpt, "holds a SequenceClassifier, not a causal language model"),
+    (_garbage_ckpt, "cannot be read as a weights-only checkpoint: truncated, or not a torch file"),
     (_wrong_tokenizer, "tokenizer gpt2 has 50257 tokens but the model"),
     (lambda m, t: [m, "--prompt-file", t / "nope.txt"], "nope.txt: prompt file not found"),
     (_empty_prompt_file, "no prompts"),
@@ -299,7 +307,7 @@ def _binary_prompt_file(meta_dir: Path, tmp: Path) -> list:
     (lambda m, t: [m], "one of the arguments --prompt --prompt-file is required"),
     (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "ten"], "invalid int value: 'ten'"),
 ], ids=["missing-ckpt", "meta-no-weights", "params-wrong-field", "meta-no-tokenizer", "not-a-model-dir",
-        "hf-unknown-type", "hf-bad-json", "hf-no-weights", "not-medlm-ckpt", "garbage-ckpt", "wrong-tokenizer",
+        "hf-unknown-type", "hf-bad-json", "hf-no-weights", "not-medlm-ckpt", "classifier-ckpt", "garbage-ckpt", "wrong-tokenizer",
         "missing-prompt-file", "empty-prompt-file", "binary-prompt-file", "beyond-context", "second-batch-too-long", "max-seq-len",
         "top-p", "temperature", "top-k", "batch-size", "device", "no-prompt", "not-an-int"])
 def test_bad_input_is_one_line_and_exit_2(make_args, message: str, meta_dir: Path, tmp_path: Path,
@@ -317,7 +325,7 @@ def test_console_script_streams_and_reports_errors(gpt2_ckpt: Path, tmp_path: Pa
     ok = subprocess.run([exe, gpt2_ckpt, "--prompt", PROMPT, "--max-new-tokens", "8", "--temperature", "0"],
                         capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout == PROMPT + greedy_text(load_model(gpt2_ckpt), PROMPT, 8) + "\n"
+    assert ok.stdout == PROMPT + greedy_text(load_network(gpt2_ckpt), PROMPT, 8) + "\n"
     bad = subprocess.run([exe, tmp_path / "nope.ckpt", "--prompt", "x"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
 
@@ -344,7 +352,7 @@ def test_generator_greedy_matches_generate_on_a_checkpoint(gpt2_ckpt: Path) -> N
     assert g.max_seq_len == 64
     prompts = [PROMPT, "Aspirin"]
     out = g.text_completion(prompts, temperature=0, max_gen_len=10)
-    model = load_model(gpt2_ckpt)
+    model = load_network(gpt2_ckpt)
     assert [r["generation"] for r in out] == [greedy_text(model, p, 10) for p in prompts]
     # max_gen_len None fills max_seq_len after the longest prompt
     g = Generator.build(gpt2_ckpt, "gpt2", max_seq_len=20, max_batch_size=1)

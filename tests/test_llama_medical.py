@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medlm import export, generate
-from medlm.models.checkpoint import load_model
+from medlm.models.checkpoint import load_network
 from medlm.models.llama import Llama
 from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
@@ -26,7 +26,7 @@ def test_composes_a_small_llama_with_cpu_gpu_and_ddp_trainers(tmp_path: Path) ->
     cfg = compose_train(tmp_path, ["experiment=llama_medical"])
     assert cfg.task_name == "llama_medical" and cfg.model._target_ == "medlm.models.llama.Llama"
     m = cfg.model.config
-    assert (m.vocab_size, m.dim, m.n_layers, m.n_heads, m.n_kv_heads, m.block_size) == (50257, 128, 4, 4, 2, 128)
+    assert (m.vocab_size, m.n_embd, m.n_layer, m.n_head, m.n_kv_head, m.block_size) == (50257, 128, 4, 4, 2, 128)
     assert cfg.data._target_ == "medlm.data.pubmedqa.PubMedQADataModule" and cfg.data.block_size == 128
     assert (cfg.trainer.accelerator, cfg.trainer.precision) == ("cpu", "32-true")
     assert cfg.callbacks.samples.temperature == 0.7 and cfg.callbacks.samples.top_p == 0.9
@@ -53,7 +53,7 @@ def test_pretrained_llama_directory_fine_tunes(tmp_path: Path, cache_dir: Path) 
         vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=128)).save_pretrained(hf_dir)
     cfg = compose_train(tmp_path, ["experiment=llama_medical", "model=llama_pretrained",
-                                   f"model.directory={hf_dir}", "debug=fdr", *SMALL], cache_dir=cache_dir)
+                                   f"model.pretrained={hf_dir}", "debug=fdr", *SMALL], cache_dir=cache_dir)
     assert cfg.model._target_ == "medlm.models.llama.Llama.from_pretrained"
     train(cfg)
 
@@ -66,7 +66,7 @@ def test_trains_records_generates_and_exports(tmp_path: Path, cache_dir: Path, c
     train(cfg)
 
     [run] = mlflow_runs(tmp_path)
-    assert run["tags"]["task_name"] == "llama_medical" and run["params"]["model.config.n_kv_heads"] == "2"
+    assert run["tags"]["task_name"] == "llama_medical" and run["params"]["model.config.n_kv_head"] == "2"
     losses = [v for _, v in run["metrics"]["train/loss"]]
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.5
     assert len(run["metrics"]["val/loss"]) == 2
@@ -74,7 +74,7 @@ def test_trains_records_generates_and_exports(tmp_path: Path, cache_dir: Path, c
     assert len(samples) == 2 and "**Generated**" in samples[0].read_text()
 
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    net = load_model(ckpt)
+    net = load_network(ckpt)
     assert isinstance(net, Llama)
     capsys.readouterr()  # the training's own output
     generate.main([str(ckpt), "--prompt", "Question: Does", "--max-new-tokens", "5", "--temperature", "0"])

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from medlm import export as export_cli
 from medlm.data.question_pairs import collate_pairs
-from medlm.modules.classifier import export_checkpoint, load_classifier
+from medlm.models.checkpoint import load_network
+from medlm.models.convert_classifier import export_classifier
 from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
 
@@ -111,14 +112,14 @@ def test_export_checkpoint_writes_a_peft_adapter_and_a_merged_model(lora_ckpt: P
                                                                    capsys: pytest.CaptureFixture) -> None:
     transformers = pytest.importorskip("transformers")
     peft = pytest.importorskip("peft")
-    ours = load_classifier(lora_ckpt)
+    ours = load_network(lora_ckpt)
     batch = _batch()
     with torch.no_grad():
         expected = ours(batch["input_ids"], batch["attention_mask"])
     assert any(layer.lora_B.weight.abs().max() > 0 for layer in
                [m for m in ours.modules() if hasattr(m, "lora_B")])  # training moved the adapters
 
-    written = export_checkpoint(lora_ckpt, tmp_path / "adapter", merged=False)
+    written = export_classifier(ours, tmp_path / "adapter", merged=False, source=str(lora_ckpt))
     assert sorted(p.relative_to(tmp_path / "adapter").as_posix() for p in written) == \
         ["adapter_config.json", "adapter_model.safetensors", "base/config.json", "base/model.safetensors"]
     assert all(p.is_file() for p in written)
@@ -131,7 +132,7 @@ def test_export_checkpoint_writes_a_peft_adapter_and_a_merged_model(lora_ckpt: P
         got = loaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert (got - expected).abs().max() <= TOL
 
-    written = export_checkpoint(lora_ckpt, tmp_path / "merged", merged=True)
+    written = export_classifier(ours, tmp_path / "merged", merged=True, source=str(lora_ckpt))
     assert [p.name for p in written] == ["config.json", "model.safetensors"]
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged").eval()
     assert isinstance(hf, transformers.GPT2ForSequenceClassification)
@@ -139,7 +140,7 @@ def test_export_checkpoint_writes_a_peft_adapter_and_a_merged_model(lora_ckpt: P
         got = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert (got - expected).abs().max() <= TOL
 
-    # the same through the command line (medlm-export hands classifier checkpoints to export_checkpoint)
+    # the same through the command line (medlm-export hands classifier checkpoints to export_classifier)
     try:
         export_cli.main([str(lora_ckpt), str(tmp_path / "cli"), "--merged"])
     except SystemExit as exit_:

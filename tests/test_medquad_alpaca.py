@@ -112,7 +112,7 @@ def test_real_medquad_is_converted_on_first_use(shared_data_dir: Path, tmp_path:
 
 def test_real_weights_variant_runs(tmp_path: Path, tiny_hf_gpt2: Path) -> None:
     cfg = compose_train(tmp_path, ["experiment=medquad_alpaca", "model=gpt2_pretrained",
-                                   f"model.name_or_dir={tiny_hf_gpt2}", f"data.path={learnable_dir(tmp_path)}",
+                                   f"model.pretrained={tiny_hf_gpt2}", f"data.path={learnable_dir(tmp_path)}",
                                    "data.medquad_src=null", "debug=fdr", "callbacks.samples.max_new_tokens=4", "data.batch_size=2"],
                         cache_dir=tmp_path / "cache")
     assert "config" not in cfg.model

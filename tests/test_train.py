@@ -26,14 +26,14 @@ def test_every_experiment_runs_fast_dev_run(experiment: str, tmp_path: Path, cac
                                             tiny_hf_gpt2: Path) -> None:
     overrides = [f"experiment={experiment}", "debug=fdr", "trainer.accelerator=cpu", *SMALL]
     if experiment == "biomedgpt_pubmedqa":  # offline: the tiny local HF model stands in for hub weights
-        overrides.append(f"model.name_or_dir={tiny_hf_gpt2}")
+        overrides.append(f"model.pretrained={tiny_hf_gpt2}")
     cfg = compose_train(tmp_path, overrides, cache_dir=cache_dir)
     train(cfg)
 
 
 def test_biomedgpt_experiment_sets_the_recipe(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, ["experiment=biomedgpt_pubmedqa"])
-    assert cfg.model._target_ == "medlm.models.gpt2.GPT2.from_pretrained" and cfg.model.name_or_dir == "gpt2"
+    assert cfg.model._target_ == "medlm.models.gpt2.GPT2.from_pretrained" and cfg.model.pretrained == "gpt2"
     assert (cfg.data.batch_size, cfg.data.block_size, cfg.data.val_fraction) == (16, 128, 0.02)
     assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.max_epochs, cfg.trainer.precision) == (32, 5, "bf16-mixed")
     assert (cfg.scheduler.warmup_steps, cfg.scheduler.min_lr_ratio) == (10, 0.1)

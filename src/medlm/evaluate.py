@@ -5,7 +5,7 @@
     medlm-eval                                      # the newest run of each: table, bar chart, MLflow run
     medlm-eval arms.lora=/path/to/best.ckpt split=val
 
-Every arm is a checkpoint that carries its own network (``medlm_classifier``), so the arms may
+Every arm is a checkpoint that carries its own network (``medlm_network``), so the arms may
 differ in anything but the data: each checkpoint's split settings (seed, fractions, template,
 max_length) are checked against this evaluation's, so that no arm is scored on questions it trained
 on. Outputs go to the Hydra run folder and to one MLflow run of the experiment ``task_name``.
@@ -29,9 +29,10 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from medlm.errors import ConfigError  # noqa: E402
+from medlm.models.checkpoint import network_from_checkpoint, read_checkpoint  # noqa: E402
+from medlm.models.classifier import SequenceClassifier  # noqa: E402
 from medlm.models.lora import trainable_parameter_summary  # noqa: E402
-from medlm.modules.classifier import (SequenceClassification, classifier_from_checkpoint,  # noqa: E402
-                                      read_checkpoint, write_confusion_matrix)
+from medlm.modules.classifier import SequenceClassification, write_confusion_matrix  # noqa: E402
 from medlm.utils.cli import CONFIG_DIR, user_errors  # noqa: E402
 from medlm.utils.io import atomic_path, atomic_write  # noqa: E402
 from medlm.utils.tracking import log_artifact, make_loggers, record_run  # noqa: E402
@@ -92,7 +93,9 @@ def score_arm(arm: str, ckpt_path: Path, cfg: DictConfig, datamodule, device: to
     """Accuracy, F1, precision, recall, loss and confusion matrix of one checkpoint on ``cfg.split``."""
     ckpt = read_checkpoint(ckpt_path)
     check_same_data(arm, ckpt_path, ckpt, cfg.data)
-    net = classifier_from_checkpoint(ckpt, str(ckpt_path))
+    net = network_from_checkpoint(ckpt, str(ckpt_path))
+    if not isinstance(net, SequenceClassifier):
+        raise ConfigError(f"arms.{arm}: {ckpt_path} holds a {type(net).__name__}, not a sequence classifier")
     if net.num_labels != datamodule.num_labels:
         raise ConfigError(f"arms.{arm}: {ckpt_path} has {net.num_labels} labels, the data has "
                           f"{datamodule.num_labels}")

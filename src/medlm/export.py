@@ -7,8 +7,8 @@ A causal LM (GPT-2 or Llama) becomes config.json + model.safetensors that
 ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits, plus
 generation_config.json and the GPT-2 tokenizer files (vocab.json, merges.txt) when the model was
 trained on GPT-2 tokens. A LoRA sequence-classifier checkpoint is exported by
-``medlm.modules.classifier.export_checkpoint``: a PEFT adapter, or with ``--merged`` the merged
-model. A user error prints one ``error: ...`` line and exits 2.
+``medlm.models.convert_classifier.export_classifier``: a PEFT adapter, or with ``--merged`` the
+merged model. A user error prints one ``error: ...`` line and exits 2.
 """
 
 from __future__ import annotations
@@ -18,11 +18,14 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from torch import nn
+
 from medlm.errors import ConfigError, MedlmError
 from medlm.data.tokenizer import Tokenizer, load_tokenizer
-from medlm.generator import checkpoint_tokenizer_name, read_checkpoint
-from medlm.models.checkpoint import load_model
-from medlm.models.convert import write_hf_checkpoint
+from medlm.generator import checkpoint_tokenizer_name
+from medlm.models.checkpoint import network_from_checkpoint, read_checkpoint, write_hf_checkpoint
+from medlm.models.classifier import SequenceClassifier
+from medlm.models.convert_classifier import export_classifier
 from medlm.utils.cli import OneLineErrorParser, user_errors
 from medlm.utils.io import atomic_path, atomic_write
 
@@ -43,20 +46,17 @@ def export(src: str | Path, out_dir: str | Path, merged: bool = False, force: bo
         raise MedlmError(f"{out_dir}: exists and is not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise MedlmError(f"{out_dir}: directory is not empty (pass --force to write into it)")
-    if "medlm_classifier" in ckpt:
-        from medlm.modules.classifier import export_checkpoint
-
-        return list(export_checkpoint(src, out_dir, merged))
-    if "medlm_model" not in ckpt:
-        raise MedlmError(f"{src}: not a medlm checkpoint (neither 'medlm_model' nor 'medlm_classifier' entry)")
+    net = network_from_checkpoint(ckpt, str(src))
+    if isinstance(net, SequenceClassifier):
+        return list(export_classifier(net, out_dir, merged, str(src)))
     if merged:
         raise ConfigError(f"--merged: {src} is a causal-LM checkpoint, not a LoRA classifier; there is "
                           "nothing to merge")
-    return export_causal_lm(src, out_dir, load_tokenizer(checkpoint_tokenizer_name(ckpt)))
+    return export_causal_lm(net, src, out_dir, load_tokenizer(checkpoint_tokenizer_name(ckpt)))
 
 
-def export_causal_lm(src: Path, out_dir: Path, tokenizer: Tokenizer) -> list[Path]:
-    net = load_model(src)
+def export_causal_lm(net: nn.Module, src: Path, out_dir: Path, tokenizer: Tokenizer) -> list[Path]:
+    """Write ``net`` (read from ``src``) as a HF causal LM, with ``tokenizer``'s special ids."""
     if not hasattr(net, "to_hf"):
         raise MedlmError(f"{src}: {type(net).__name__} has no Hugging Face form (GPT2 and Llama have)")
     config, state = net.to_hf()

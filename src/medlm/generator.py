@@ -23,30 +23,13 @@ from torch import nn
 
 from medlm.data.tokenizer import Tokenizer, find_tokenizer_model, load_tokenizer, tokenizer_for_model_dir
 from medlm.errors import ConfigError, MedlmError
-from medlm.models.checkpoint import load_model
-from medlm.models.convert import read_hf_config
+from medlm.models.checkpoint import load_network, network_from_checkpoint, read_checkpoint
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2
 from medlm.models.llama import Llama
 
 # ----------------------------------------------------------------------------------------------
 # Models
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A medlm ``.ckpt`` as a dict, memory-mapped (tensors are read only when touched) and loaded
-    weights-only: no pickled code runs."""
-    path = Path(path)
-    if not path.is_file():
-        raise MedlmError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # not a torch zip file, truncated, or holding pickled objects
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
-        raise MedlmError(f"{path}: cannot read as a weights-only checkpoint ({type(err).__name__}: {reason})") from None
-    if not isinstance(ckpt, dict):
-        raise MedlmError(f"{path}: not a medlm training checkpoint (a {type(ckpt).__name__}, not a dict)")
-    return ckpt
 
 
 def checkpoint_tokenizer_name(ckpt: dict[str, Any]) -> str:
@@ -59,32 +42,23 @@ def load_source(source: str | Path, tokenizer: str | Path | None = None) -> tupl
     """The model (eval mode, CPU) and tokenizer of a medlm ``.ckpt``, a Hugging Face directory or a
     Meta directory. ``tokenizer`` overrides the one found beside the weights."""
     path = Path(source).expanduser()
-    if not path.exists():
-        raise MedlmError(f"{source}: no such checkpoint file or model directory")
     if path.is_file():
-        ckpt = read_checkpoint(path)
-        if "medlm_model" not in ckpt:
-            raise MedlmError(f"{path}: not a medlm causal-LM checkpoint (no 'medlm_model' entry)")
-        model = load_model(path)
+        ckpt = read_checkpoint(path)  # read once: the network and the tokenizer's name
+        model = network_from_checkpoint(ckpt, str(path))
         tok = load_tokenizer(tokenizer or checkpoint_tokenizer_name(ckpt))
-    elif (path / "config.json").is_file():
-        config = read_hf_config(path)
-        model_type = config.get("model_type") if isinstance(config, dict) else None
-        if model_type == "gpt2":
-            model = GPT2.from_pretrained(path)
-        elif model_type == "llama":
-            model = Llama.from_pretrained(path)
-        else:
-            raise MedlmError(f"{path}/config.json: model_type {model_type!r} is not one medlm runs (gpt2, llama)")
-        tok = load_tokenizer(tokenizer) if tokenizer else tokenizer_for_model_dir(path, model.config.vocab_size)
-    elif (path / "params.json").is_file():
-        model = Llama.from_meta(path)
-        found = tokenizer or find_tokenizer_model(path)
-        if found is None:
-            raise MedlmError(f"{path}: no tokenizer.model beside params.json; pass the tokenizer's path")
-        tok = load_tokenizer(found)
     else:
-        raise MedlmError(f"{path}: not a model directory (no config.json of Hugging Face, no params.json of Meta)")
+        model = load_network(path)
+        if tokenizer:
+            tok = load_tokenizer(tokenizer)
+        elif (path / "config.json").is_file():
+            tok = tokenizer_for_model_dir(path, model.config.vocab_size)
+        else:  # Meta's layout
+            found = find_tokenizer_model(path)
+            if found is None:
+                raise MedlmError(f"{path}: no tokenizer.model beside params.json; pass the tokenizer's path")
+            tok = load_tokenizer(found)
+    if not isinstance(model, (GPT2, Llama)):
+        raise MedlmError(f"{source}: holds a {type(model).__name__}, not a causal language model (GPT2, Llama)")
     vocab = model.config.vocab_size
     if tok.vocab_size > vocab:
         raise MedlmError(f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model at {source} only "

@@ -24,8 +24,8 @@ def gpt2() -> GPT2:
 
 def llama() -> Llama:
     torch.manual_seed(0)
-    return Llama(LlamaConfig(block_size=BLOCK, vocab_size=V, dim=32, n_layers=2, n_heads=4,
-                             n_kv_heads=2, ffn_hidden_dim=64)).eval()
+    return Llama(LlamaConfig(block_size=BLOCK, vocab_size=V, n_embd=32, n_layer=2, n_head=4,
+                             n_kv_head=2, ffn_hidden_dim=64)).eval()
 
 
 class LogitsOnly(nn.Module):

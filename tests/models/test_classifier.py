@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from medlm.errors import ConfigError, MedlmError
-from medlm.models.classifier import SequenceClassifier, export_merged_hf, export_peft, lora_classifier
+from medlm.models.classifier import SequenceClassifier, lora_classifier
+from medlm.models.convert_classifier import export_merged_hf, export_peft
 from medlm.models.lora import load_lora_state_dict, merge_lora, trainable_parameter_summary
 
 transformers = pytest.importorskip("transformers")

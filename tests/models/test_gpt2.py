@@ -14,7 +14,7 @@ from transformers import GPT2Config as HFGPT2Config  # imported here: the lazy i
 from safetensors.torch import load_file
 
 from medlm.errors import ConfigError, MedlmError
-from medlm.models.convert import write_hf_checkpoint
+from medlm.models.checkpoint import write_hf_checkpoint
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.models.kv_cache import padded_causal_mask
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medlm.errors import ConfigError, MedlmError
-from medlm.models.convert import write_hf_checkpoint
+from medlm.models.checkpoint import write_hf_checkpoint
 from medlm.models.kv_cache import document_causal_mask, document_positions, padded_causal_mask
 from medlm.models.llama import Llama, LlamaConfig, RopeScaling
 
@@ -59,7 +59,7 @@ def _ours(model: Llama, idx: torch.Tensor, **kwargs) -> torch.Tensor:
 
 
 def _tiny(tie: bool = False, scaling: dict | None = SCALING, **kw) -> Llama:
-    config = LlamaConfig(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden_dim=80,
+    config = LlamaConfig(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_kv_head=2, ffn_hidden_dim=80,
                          rope_theta=10000.0, rope_scaling=scaling, block_size=128, tie_embeddings=tie, **kw)
     model = Llama(config).eval()
     _randomize(model, seed=1)
@@ -76,7 +76,7 @@ def test_from_pretrained_matches_transformers(tmp_path: Path, tie: bool) -> None
     hf = _hf_model(tie)
     hf.save_pretrained(tmp_path)
     model = Llama.from_pretrained(tmp_path).eval()
-    assert model.config.n_kv_heads == 2 and model.config.tie_embeddings is tie
+    assert model.config.n_kv_head == 2 and model.config.tie_embeddings is tie
     assert model.config.rope_scaling == RopeScaling(8.0, 1.0, 4.0, 32)
     expected = _hf_logits(hf, IDX)
     assert expected.std() > 0.5  # a test that can fail: logits are far from zero
@@ -98,10 +98,10 @@ def test_from_pretrained_overrides_and_unknown_key(tmp_path: Path) -> None:
     _hf_model(tie=False).save_pretrained(tmp_path)
     model = Llama.from_pretrained(tmp_path, block_size=64, dropout=0.1)
     assert model.config.block_size == 64 and model.config.dropout == 0.1
-    with pytest.raises(ConfigError, match="model.n_layer: unknown Llama override"):
-        Llama.from_pretrained(tmp_path, n_layer=3)
+    with pytest.raises(ConfigError, match="model.n_layers: unknown Llama override"):
+        Llama.from_pretrained(tmp_path, n_layers=3)  # the old name of n_layer
     with pytest.raises(MedlmError, match=r"layers.0.attention.wk.weight has shape \(32, 64\)"):
-        Llama.from_pretrained(tmp_path, n_kv_heads=4)
+        Llama.from_pretrained(tmp_path, n_kv_head=4)
     with pytest.raises(MedlmError, match="tie_embeddings is set but the output weights differ"):
         Llama.from_pretrained(tmp_path, tie_embeddings=True)  # would silently drop lm_head
 
@@ -112,7 +112,7 @@ def test_from_pretrained_overrides_and_unknown_key(tmp_path: Path) -> None:
     ("hidden_act", "gelu", "hidden_act"),
     ("head_dim", 32, "head_dim"),
     ("rope_parameters", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}, "rope_type 'yarn'"),
-    ("num_attention_heads", 3, "n_heads"),
+    ("num_attention_heads", 3, "n_head"),
 ])
 def test_from_pretrained_refuses_unsupported_config(tmp_path: Path, key: str, value, message: str) -> None:
     _hf_model(tie=False).save_pretrained(tmp_path)
@@ -235,7 +235,7 @@ def test_from_meta_single_shard_and_llama2_params(tmp_path: Path) -> None:
     params = {"dim": 64, "n_layers": 1, "n_heads": 4, "vocab_size": -1, "multiple_of": 32, "norm_eps": 1e-5}
     _write_meta(tmp_path, hf, params, n_shards=1)
     model = Llama.from_meta(tmp_path).eval()
-    assert (model.config.vocab_size, model.config.n_kv_heads, model.config.rope_theta) == (96, 4, 10000.0)
+    assert (model.config.vocab_size, model.config.n_kv_head, model.config.rope_theta) == (96, 4, 10000.0)
     assert model.config.block_size == 4096
     idx = IDX[:, :32]
     assert (_ours(model, idx) - _hf_logits(hf, idx)).abs().max() <= TOL
@@ -268,7 +268,7 @@ def test_from_meta_missing_files(tmp_path: Path) -> None:
     ("dim", True, "field 'dim' must be int"),
     ("use_scaled_rope", 1, "field 'use_scaled_rope' must be bool"),
     ("norm_eps", None, "field 'norm_eps'"),
-    ("n_kv_heads", 3, "model.n_kv_heads: 3 does not divide n_heads 4"),
+    ("n_kv_heads", 3, "model.n_kv_head: 3 does not divide n_head 4"),
 ])
 def test_from_meta_bad_params(tmp_path: Path, field: str, value, message: str) -> None:
     hf = _hf_meta_model()
@@ -386,11 +386,11 @@ def test_bfloat16_keeps_float32_rope_frequencies() -> None:
 
 def test_config_resolves_meta_sizes() -> None:
     # Llama 2 7B and Llama 3 8B feed-forward sizes from Meta's formula
-    assert LlamaConfig(vocab_size=32000, dim=4096, n_layers=1, n_heads=32).ffn_hidden_dim == 11008
-    c = LlamaConfig(vocab_size=128256, dim=4096, n_layers=1, n_heads=32, n_kv_heads=8, multiple_of=1024,
+    assert LlamaConfig(vocab_size=32000, n_embd=4096, n_layer=1, n_head=32).ffn_hidden_dim == 11008
+    c = LlamaConfig(vocab_size=128256, n_embd=4096, n_layer=1, n_head=32, n_kv_head=8, multiple_of=1024,
                     ffn_dim_multiplier=1.3)
-    assert (c.ffn_hidden_dim, c.n_kv_heads, c.head_dim) == (14336, 8, 128)
-    assert LlamaConfig(vocab_size=8, dim=16, n_layers=1, n_heads=4).n_kv_heads == 4
+    assert (c.ffn_hidden_dim, c.n_kv_head, c.head_dim) == (14336, 8, 128)
+    assert LlamaConfig(vocab_size=8, n_embd=16, n_layer=1, n_head=4).n_kv_head == 4
 
 
 @pytest.mark.parametrize("tie", [False, True])
@@ -403,16 +403,16 @@ def test_num_params_matches_transformers(tie: bool) -> None:
     assert model.config.flops_per_token(10) == 6 * model.num_params() + 12 * 2 * 4 * 16 * 10
 
 
-BASE = dict(vocab_size=96, dim=64, n_layers=2, n_heads=4)
+BASE = dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4)
 
 
 @pytest.mark.parametrize("changes, key", [
     ({"vocab_size": 0}, "model.vocab_size"),
-    ({"dim": "64"}, "model.dim"),
-    ({"n_layers": True}, "model.n_layers"),
-    ({"n_heads": 3}, "model.n_heads"),
-    ({"n_kv_heads": 3}, "model.n_kv_heads"),
-    ({"dim": 12, "n_heads": 4}, "model.n_heads"),  # head size 3 is odd
+    ({"n_embd": "64"}, "model.n_embd"),
+    ({"n_layer": True}, "model.n_layer"),
+    ({"n_head": 3}, "model.n_head"),
+    ({"n_kv_head": 3}, "model.n_kv_head"),
+    ({"n_embd": 12, "n_head": 4}, "model.n_head"),  # head size 3 is odd
     ({"ffn_hidden_dim": -1}, "model.ffn_hidden_dim"),
     ({"ffn_dim_multiplier": 0}, "model.ffn_dim_multiplier"),
     ({"norm_eps": 0.0}, "model.norm_eps"),
@@ -453,3 +453,13 @@ def test_generation_with_cache_equals_without_then_trains() -> None:
     loss = torch.nn.functional.cross_entropy(model(IDX[:, :-1]).flatten(0, 1), IDX[:, 1:].flatten())
     loss.backward()
     assert model.layers[0].attention.wq.weight.grad is not None
+
+
+def test_configs_name_the_same_sizes_as_gpt2() -> None:
+    """One name per concept: a sweep or a script reads n_layer/n_head/n_embd off either model."""
+    from dataclasses import fields
+
+    from medlm.models.gpt2 import GPT2Config
+
+    shared = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd"}
+    assert shared <= {f.name for f in fields(LlamaConfig)} & {f.name for f in fields(GPT2Config)}

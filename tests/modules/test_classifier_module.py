@@ -15,11 +15,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medlm.errors import ConfigError, MedlmError
-from medlm.models.classifier import SequenceClassifier, classifier_spec, linear_probe, lora_classifier
+from medlm.models.checkpoint import NETWORK_KEY, load_network, network_spec
+from medlm.models.classifier import SequenceClassifier, linear_probe, lora_classifier
+from medlm.models.convert_classifier import export_classifier
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.models.lora import trainable_parameter_summary
-from medlm.modules.classifier import (CHECKPOINT_KEY, SequenceClassification, export_checkpoint,
-                                      load_classifier)
+from medlm.modules.classifier import SequenceClassification
 from tests.helpers import mlflow_runs
 
 
@@ -158,9 +159,11 @@ def test_checkpoint_rebuilds_the_network_from_a_weights_only_load(tmp_path):
     trainer.save_checkpoint(tmp_path / "c.ckpt")
 
     ckpt = torch.load(tmp_path / "c.ckpt", weights_only=True)
-    spec = ckpt[CHECKPOINT_KEY]
-    assert spec["num_labels"] == 2 and spec["pad_token_id"] == 50256 and spec["lora"]["r"] == 8
-    back = load_classifier(tmp_path / "c.ckpt")
+    spec = ckpt[NETWORK_KEY]
+    assert spec["target"] == "medlm.models.classifier.SequenceClassifier"
+    assert spec["config"]["num_labels"] == 2 and spec["config"]["pad_token_id"] == 50256
+    assert spec["lora"]["r"] == 8
+    back = load_network(tmp_path / "c.ckpt")
     assert {n for n, p in back.named_parameters() if p.requires_grad} == \
         {n for n, p in net.named_parameters() if p.requires_grad}
     batch = next(iter(_random_batches(4, seed=3)))
@@ -170,11 +173,11 @@ def test_checkpoint_rebuilds_the_network_from_a_weights_only_load(tmp_path):
 
     probe = linear_probe(tmp_path / "hf")
     torch.save({"state_dict": {f"net.{k}": v for k, v in probe.state_dict().items()},
-                CHECKPOINT_KEY: classifier_spec(probe)}, tmp_path / "probe.ckpt")
-    assert {n for n, p in load_classifier(tmp_path / "probe.ckpt").named_parameters() if p.requires_grad} == \
-        {"score.weight"}
-    with pytest.raises(MedlmError, match="no LoRA adapters.*--merged"):
-        export_checkpoint(tmp_path / "probe.ckpt", tmp_path / "out", merged=False)
+                NETWORK_KEY: network_spec(probe)}, tmp_path / "probe.ckpt")
+    back = load_network(tmp_path / "probe.ckpt")
+    assert {n for n, p in back.named_parameters() if p.requires_grad} == {"score.weight"}
+    with pytest.raises(MedlmError, match="probe.ckpt: this classifier has no LoRA adapters.*--merged"):
+        export_classifier(back, tmp_path / "out", merged=False, source=str(tmp_path / "probe.ckpt"))
 
 
 def test_wrong_settings_are_config_errors(tmp_path):
@@ -183,6 +186,6 @@ def test_wrong_settings_are_config_errors(tmp_path):
         SequenceClassification(SequenceClassifier(backbone), label_names=["a", "b", "c"])
     with pytest.raises(ConfigError, match="not a sequence classifier"):
         SequenceClassification(backbone)
-    with pytest.raises(MedlmError, match="not a medlm classifier checkpoint"):
+    with pytest.raises(MedlmError, match="not a medlm checkpoint"):
         torch.save({"state_dict": {}}, tmp_path / "lm.ckpt")
-        load_classifier(tmp_path / "lm.ckpt")
+        load_network(tmp_path / "lm.ckpt")

@@ -1,8 +1,7 @@
-"""GPT-2, read top to bottom like nanoGPT's ``model.py``: config, blocks, model, loaders.
+"""GPT-2, read top to bottom like nanoGPT's ``model.py``: config, blocks, model.
 
 Module names match Hugging Face's ``GPT2LMHeadModel`` (``transformer.h.0.attn.c_attn`` ...) so that
-state dicts map one to one; HF's ``Conv1D`` stores weights as (in, out), our ``nn.Linear`` as
-(out, in), so those four weights are transposed on the way in and out.
+state dicts map one to one (HF's Conv1D weights are transposed: :mod:`medlm.models.convert_gpt2`).
 
 The calling convention is the one of :mod:`medlm.models.kv_cache`:
 ``model(idx, pos=None, mask=None, cache=None) -> logits (B, T, vocab)``.
@@ -11,18 +10,23 @@ The calling convention is the one of :mod:`medlm.models.kv_cache`:
 from __future__ import annotations
 
 import math
-import re
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from medlm.errors import ConfigError, MedlmError
-from medlm.models.convert import load_matching, read_hf_config, read_hf_state_dict
+from medlm.errors import ConfigError
 from medlm.models.kv_cache import KVCache
+from medlm.utils.checks import (
+    check_bool,
+    check_positive_int,
+    check_positive_number,
+    check_probability,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -46,20 +50,13 @@ class GPT2Config:
 
     def __post_init__(self) -> None:
         for key in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"model.{key}: {value!r} is not a positive integer")
+            check_positive_int(getattr(self, key), f"model.{key}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"model.n_head: {self.n_head} does not divide n_embd {self.n_embd}")
         for key in ("embd_dropout", "attn_dropout", "resid_dropout"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise ConfigError(f"model.{key}: {value!r} is not a probability in [0, 1)")
-        if not isinstance(self.bias, bool):
-            raise ConfigError(f"model.bias: {self.bias!r} is not true or false")
-        eps = self.layer_norm_eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
-            raise ConfigError(f"model.layer_norm_eps: {eps!r} is not a small positive number")
+            check_probability(getattr(self, key), f"model.{key}")
+        check_bool(self.bias, "model.bias")
+        check_positive_number(self.layer_norm_eps, "model.layer_norm_eps", below=1)
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count without building the model; the tied lm_head counts once.
@@ -217,158 +214,21 @@ class GPT2(nn.Module):
         return self.lm_head(self.hidden_states(idx, pos, mask, cache))
 
     # ------------------------------------------------------------------------------------------
-    # Hugging Face checkpoints
+    # Hugging Face checkpoints: the conversion is medlm.models.convert_gpt2's
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, **overrides) -> "GPT2":
+    def from_pretrained(cls, pretrained: str | Path, **overrides: Any) -> GPT2:
         """GPT-2 weights from a local HF directory or a hub id (gpt2, gpt2-medium, ...).
 
-        ``overrides`` set any :class:`GPT2Config` field on top of the checkpoint's config;
-        ``dropout=x`` sets all three dropouts (a field given by name wins over it). A smaller
-        ``block_size`` crops the position embeddings, as nanoGPT's ``crop_block_size``.
+        ``overrides`` set :class:`GPT2Config` fields (``dropout=x`` sets all three dropouts):
+        see :func:`medlm.models.convert_gpt2.load_hf_gpt2`.
         """
-        known = {f.name for f in fields(GPT2Config)} | {"dropout"}
-        for key in overrides:
-            if key not in known:
-                raise ConfigError(f"model.{key}: unknown GPT-2 override (known: {sorted(known)})")
-        directory = _resolve_checkpoint(name_or_dir)
-        hf_config = read_hf_config(directory)
-        config = _config_from_hf(hf_config, f"{directory}/config.json")
-        if "dropout" in overrides:
-            p = overrides.pop("dropout")
-            overrides = {"embd_dropout": p, "attn_dropout": p, "resid_dropout": p} | overrides
-        config = replace(config, **overrides)  # validated again in __post_init__
-        state = _state_dict_from_hf(read_hf_state_dict(directory), hf_config, config, str(directory))
-        model = cls(config)
-        load_matching(model, state, str(directory))
-        return model
+        from medlm.models.convert_gpt2 import load_hf_gpt2  # it imports this module
+
+        return load_hf_gpt2(pretrained, **overrides)
 
     def to_hf(self) -> tuple[dict, dict[str, Tensor]]:
-        """(config, state_dict) of the equivalent HF ``GPT2LMHeadModel``, for ``convert.write_hf_checkpoint``.
+        """(config.json, state dict) of the equivalent HF ``GPT2LMHeadModel``."""
+        from medlm.models.convert_gpt2 import gpt2_to_hf
 
-        Token ids (bos, eos) are the tokenizer's, so the exporter writes them. The output layer is tied (``tie_word_embeddings``), so ``lm_head.weight`` is not written.
-        A model without biases gets zero biases: HF's GPT-2 always has them. Tensors that need no
-        transpose share memory with the model.
-        """
-        c = self.config
-        config = {
-            "model_type": "gpt2",
-            "architectures": ["GPT2LMHeadModel"],
-            "vocab_size": c.vocab_size,
-            "n_positions": c.block_size,
-            "n_embd": c.n_embd,
-            "n_layer": c.n_layer,
-            "n_head": c.n_head,
-            "n_inner": None,
-            "activation_function": "gelu_new",
-            "layer_norm_epsilon": c.layer_norm_eps,
-            "embd_pdrop": c.embd_dropout,
-            "attn_pdrop": c.attn_dropout,
-            "resid_pdrop": c.resid_dropout,
-            "initializer_range": 0.02,
-            "scale_attn_weights": True,
-            "scale_attn_by_inverse_layer_idx": False,
-            "reorder_and_upcast_attn": False,
-            "tie_word_embeddings": True,
-            "use_cache": True,
-        }
-        state: dict[str, Tensor] = {}
-        for name, t in self.state_dict().items():
-            if name == "lm_head.weight":
-                continue
-            t = t.detach()
-            state[name] = t.t().contiguous() if name.endswith(_CONV1D) else t
-        if not c.bias:
-            for name, module in self.named_modules():
-                if isinstance(module, (nn.Linear, nn.LayerNorm)) and name != "lm_head":
-                    w = module.weight
-                    state[f"{name}.bias"] = torch.zeros(w.size(0), dtype=w.dtype, device=w.device)
-        return config, state
-
-
-# ----------------------------------------------------------------------------------------------
-# Loading helpers
-
-_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-_HF_BUFFER = re.compile(r"\.attn\.(bias|masked_bias)$")  # causal-mask buffers of older HF versions
-_HUB_PATTERNS = (["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors"],
-                 ["config.json", "pytorch_model.bin"])  # safetensors first; .bin only if there is none
-
-
-def _resolve_checkpoint(name_or_dir: str | Path) -> Path:
-    """A local directory as is; anything else is a hub id, downloaded (or found in the HF cache)."""
-    path = Path(name_or_dir).expanduser()
-    if path.is_dir():
-        return path
-    name = str(name_or_dir)
-    if path.exists():
-        raise MedlmError(f"{name}: not a directory (a model is a directory with config.json and weights)")
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id
-        raise MedlmError(f"{name}: no such model directory")
-    try:
-        from huggingface_hub import snapshot_download
-
-        for patterns in _HUB_PATTERNS:
-            directory = Path(snapshot_download(name, allow_patterns=patterns))
-            if any((directory / f).is_file() for f in
-                   ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")):
-                return directory
-    except Exception as err:  # offline, unreachable, unknown repo, gated: all mean "not here"
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
-        raise MedlmError(
-            f"{name}: could not download the model from the Hugging Face Hub ({type(err).__name__}: "
-            f"{reason}); pass a local directory instead (medlm-prepare stages pretrained weights)") from None
-    raise MedlmError(f"{name}: the Hugging Face Hub repository has no model.safetensors or pytorch_model.bin")
-
-
-def _config_from_hf(hf: dict, source: str) -> GPT2Config:
-    """GPT2Config from a HF config.json; a GPT-2 variant that this model cannot run is refused."""
-    if hf.get("model_type", "gpt2") != "gpt2":
-        raise ConfigError(f"{source}: model_type {hf['model_type']!r} is not a GPT-2")
-    n_embd = hf.get("n_embd", 768)
-    unsupported = {
-        "activation_function": hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"),
-        "n_inner": hf.get("n_inner") not in (None, 4 * n_embd),
-        "scale_attn_weights": not hf.get("scale_attn_weights", True),
-        "scale_attn_by_inverse_layer_idx": bool(hf.get("scale_attn_by_inverse_layer_idx", False)),
-        "add_cross_attention": bool(hf.get("add_cross_attention", False)),
-    }
-    for key, bad in unsupported.items():
-        if bad:
-            raise ConfigError(f"{source}: {key}={hf[key]!r} is not supported by medlm's GPT2")
-    return GPT2Config(
-        block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
-        vocab_size=hf.get("vocab_size", 50257),
-        n_layer=hf.get("n_layer", 12),
-        n_head=hf.get("n_head", 12),
-        n_embd=n_embd,
-        embd_dropout=hf.get("embd_pdrop", 0.1),
-        attn_dropout=hf.get("attn_pdrop", 0.1),
-        resid_dropout=hf.get("resid_pdrop", 0.1),
-        bias=True,
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-    )
-
-
-def _state_dict_from_hf(hf_state: dict[str, Tensor], hf_config: dict, config: GPT2Config,
-                        source: str) -> dict[str, Tensor]:
-    """HF GPT2LMHeadModel (or bare GPT2Model, as the hub's gpt2 files) tensors -> our names and layout."""
-    bare = not any(k.startswith("transformer.") for k in hf_state)
-    state: dict[str, Tensor] = {}
-    for name, t in hf_state.items():
-        if _HF_BUFFER.search(name):
-            continue
-        if bare and name != "lm_head.weight":
-            name = "transformer." + name
-        state[name] = t.t().contiguous() if name.endswith(_CONV1D) else t
-    wte = state.get("transformer.wte.weight")
-    head = state.get("lm_head.weight")
-    if head is not None and wte is not None and not torch.equal(head, wte):
-        raise MedlmError(f"{source}: lm_head.weight differs from transformer.wte.weight; medlm's GPT2 "
-                         f"ties them (tie_word_embeddings={hf_config.get('tie_word_embeddings', True)})")
-    if wte is not None:
-        state["lm_head.weight"] = wte
-    wpe = state.get("transformer.wpe.weight")
-    if wpe is not None and config.block_size < wpe.size(0):
-        state["transformer.wpe.weight"] = wpe[:config.block_size]
-    return state
+        return gpt2_to_hf(self)

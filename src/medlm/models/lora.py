@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from medlm.errors import ConfigError, MedlmError
+from medlm.utils.checks import check_positive_int, check_positive_number, check_probability
 
 
 @dataclass
@@ -43,12 +44,9 @@ class LoRAConfig:
                 re.compile(p)
             except re.error as err:
                 raise ConfigError(f"lora module pattern {p!r} is not a valid regular expression: {err}") from None
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ConfigError(f"lora.r must be a positive integer, got {self.r!r}")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise ConfigError(f"lora.alpha must be a positive number, got {self.alpha!r}")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout!r}")
+        check_positive_int(self.r, "lora.r")
+        check_positive_number(self.alpha, "lora.alpha")
+        check_probability(self.dropout, "lora.dropout")
 
     @property
     def scale(self) -> float:

@@ -19,7 +19,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from medlm.errors import ConfigError
-from medlm.models.checkpoint import model_spec
+from medlm.models.checkpoint import NETWORK_KEY, network_spec
 from medlm.models.kv_cache import document_causal_mask, document_positions
 
 IGNORE_INDEX = -100
@@ -124,7 +124,7 @@ class CausalLM(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
-        checkpoint["medlm_model"] = model_spec(self.net)  # generation and export rebuild the net from it
+        checkpoint[NETWORK_KEY] = network_spec(self.net)  # generation and export rebuild the net from it
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))

@@ -3,9 +3,9 @@
 The network (a :class:`~medlm.models.classifier.SequenceClassifier`, with LoRA or a frozen
 backbone or neither), a partial optimizer and a partial scheduler come from Hydra, as for
 :class:`~medlm.modules.causal_lm.CausalLM`, whose optimisation this module shares: AdamW decay
-groups over the parameters that train, fused on CUDA, a per-step schedule. Checkpoints carry a
-``medlm_classifier`` entry, so that :func:`load_classifier` and :func:`export_checkpoint` rebuild
-the network from the file alone (a weights-only load, no pickled code).
+groups over the parameters that train, fused on CUDA, a per-step schedule. Checkpoints carry the
+network's description (``medlm.models.checkpoint.NETWORK_KEY``), so that ``load_network`` rebuilds
+it from the file alone (a weights-only load, no pickled code).
 """
 
 from __future__ import annotations
@@ -27,17 +27,14 @@ from torchmetrics.classification import (BinaryAccuracy, BinaryF1Score, BinaryPr
                                          BinaryRecall, ConfusionMatrix, MulticlassAccuracy, MulticlassF1Score,
                                          MulticlassPrecision, MulticlassRecall)
 
-from medlm.errors import ConfigError, MedlmError  # noqa: E402
-from medlm.generator import read_checkpoint as read_medlm_checkpoint  # noqa: E402
-from medlm.models.classifier import (SequenceClassifier, build_classifier, classifier_spec,  # noqa: E402
-                                     export_merged_hf, export_peft)
-from medlm.models.convert import load_matching  # noqa: E402
-from medlm.models.lora import lora_layers, trainable_parameter_summary  # noqa: E402
+from medlm.errors import ConfigError  # noqa: E402
+from medlm.models.checkpoint import NETWORK_KEY, network_spec  # noqa: E402
+from medlm.models.classifier import SequenceClassifier  # noqa: E402
+from medlm.models.lora import trainable_parameter_summary  # noqa: E402
 from medlm.modules.causal_lm import CausalLM  # noqa: E402
 from medlm.utils.io import atomic_path, atomic_write  # noqa: E402
 from medlm.utils.tracking import log_artifact  # noqa: E402
 
-CHECKPOINT_KEY = "medlm_classifier"
 STAGES = ("val", "test")
 
 
@@ -156,7 +153,7 @@ class SequenceClassification(L.LightningModule):
         clip(self.parameters(), gradient_clip_val)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = classifier_spec(self.net)  # evaluation and export rebuild the net from it
+        checkpoint[NETWORK_KEY] = network_spec(self.net)  # evaluation and export rebuild the net from it
 
 
 def write_confusion_matrix(matrix: Tensor, label_names: Sequence[str], stem: Path, title: str) -> list[Path]:
@@ -184,45 +181,3 @@ def write_confusion_matrix(matrix: Tensor, label_names: Sequence[str], stem: Pat
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return [csv_path, png_path]
-
-
-# ----------------------------------------------------------------------------------------------
-# Checkpoints: rebuild, export
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A medlm classifier ``.ckpt``, read weights-only (no pickled code runs)."""
-    ckpt = read_medlm_checkpoint(path)
-    if CHECKPOINT_KEY not in ckpt or "state_dict" not in ckpt:
-        raise MedlmError(f"{path}: not a medlm classifier checkpoint (no '{CHECKPOINT_KEY}' entry)")
-    return ckpt
-
-
-def classifier_from_checkpoint(ckpt: dict[str, Any], source: str, prefix: str = "net.") -> SequenceClassifier:
-    """The network of a checkpoint read by :func:`read_checkpoint`, in eval mode on the CPU."""
-    model = build_classifier(ckpt[CHECKPOINT_KEY])
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    load_matching(model, state, source)
-    return model.eval()
-
-
-def load_classifier(path: str | Path) -> SequenceClassifier:
-    return classifier_from_checkpoint(read_checkpoint(path), str(path))
-
-
-def export_checkpoint(ckpt_path: Path, out_dir: Path, merged: bool) -> list[Path]:
-    """Export a classifier checkpoint for Hugging Face users; returns the files written.
-
-    ``merged=False``: PEFT's adapter (``adapter_config.json``, ``adapter_model.safetensors``, the
-    head as ``modules_to_save``) with its HF base model in ``out_dir/base``. ``merged=True``: one HF
-    ``*ForSequenceClassification`` directory, adapters folded into the weights (any classifier).
-    """
-    model = load_classifier(ckpt_path)
-    hf_files = ["config.json", "model.safetensors"]  # what write_hf_checkpoint writes
-    if merged:
-        return [export_merged_hf(model, out_dir) / name for name in hf_files]
-    if not lora_layers(model):
-        raise MedlmError(f"{ckpt_path}: this classifier has no LoRA adapters, so there is no PEFT adapter "
-                         f"to write; export it as a whole model with --merged")
-    out = export_peft(model, out_dir)
-    return [out / "adapter_config.json", out / "adapter_model.safetensors", *(out / "base" / n for n in hf_files)]
