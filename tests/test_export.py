@@ -11,11 +11,11 @@ import pytest
 import torch
 import transformers
 
-from medlm import export as cli
+from medlm.cli import export as cli
 from medlm.data.tokenizer import load_tokenizer
 
 encode = load_tokenizer("gpt2").encode
-from medlm.generator import load_source
+from medlm.loading import load_model
 from medlm.models.classifier import SequenceClassifier
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2
@@ -101,7 +101,8 @@ def test_gpt2_vocabulary_exports_tokenizer_and_generation_config(make, tmp_path:
     ours = generate(net, [prompt], 8, temperature=0, eos_id=50256)
     assert ours == [ref[0, len(prompt):].tolist()]
     # and medlm reads the exported directory back, GPT-2 tokenizer included
-    model, text_tok = load_source(out_dir)
+    loaded = load_model(out_dir)
+    model, text_tok = loaded.net, loaded.tokenizer
     assert type(model) is type(net) and text_tok.name == "gpt2"
     assert (our_logits(model, ids) - our_logits(net, ids)).abs().max() <= TOL
 

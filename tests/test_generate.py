@@ -12,10 +12,11 @@ from typing import Callable
 import pytest
 import torch
 
-from medlm import generate as cli
+from medlm.cli import generate as cli
 from medlm.data.tokenizer import Llama3Tokenizer, Tokenizer, load_tokenizer
 from medlm.errors import ConfigError
-from medlm.generator import Generator, _RowText, load_source
+from medlm.generator import Generator, _RowText
+from medlm.loading import load_model
 from medlm.models import generation
 from medlm.models.checkpoint import NETWORK_KEY, load_network, network_spec
 from medlm.models.generation import generate
@@ -190,7 +191,8 @@ def test_hf_llama_with_gpt2_vocabulary(hf_llama_gpt2_vocab: Path, capsys: pytest
     code, out, err = run_cli([hf_llama_gpt2_vocab, "--prompt", PROMPT, "--max-new-tokens", "5", "--temperature", "0"],
                              capsys)
     assert code == 0, err
-    model, tok = load_source(hf_llama_gpt2_vocab)
+    loaded = load_model(hf_llama_gpt2_vocab)
+    model, tok = loaded.net, loaded.tokenizer
     assert isinstance(model, Llama) and tok.name == "gpt2"
     assert out == PROMPT + greedy_text(model, PROMPT, 5) + "\n"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medlm import export, generate
+from medlm.cli import export, generate
 from medlm.models.checkpoint import load_network
 from medlm.models.llama import Llama
 from medlm.cli.train import train

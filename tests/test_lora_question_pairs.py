@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from medlm import export as export_cli
+from medlm.cli import export as export_cli
 from medlm.data.question_pairs import collate_pairs
 from medlm.models.checkpoint import load_network
 from medlm.models.convert_classifier import export_classifier

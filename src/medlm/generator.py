@@ -1,70 +1,28 @@
 """Text in, text out, from any medlm causal LM: the ``Generator`` API in the shape of Meta's llama3
-reference code, and the loading that ``medlm-generate`` shares with it.
+reference code, with text streamed as it is generated and stop strings.
 
     generator = Generator.build("Meta-Llama-3.1-8B/", "Meta-Llama-3.1-8B/tokenizer.model",
                                 max_seq_len=512, max_batch_size=4)
     generator.text_completion(["The patient was diagnosed with"], max_gen_len=50, temperature=0.7, top_p=0.9)
     # -> [{"generation": " ..."}]
 
-A source is a medlm training checkpoint (``.ckpt``), a Hugging Face directory (``config.json``,
-GPT-2 or Llama by ``model_type``) or a Meta directory (``params.json``, ``consolidated.NN.pth``).
-The tokenizer is Llama 3's ``tokenizer.model`` (a tiktoken BPE file) or a tiktoken encoding by
-name (``gpt2``, what every medlm DataModule uses); without one, it is found beside the weights.
-Decoding, sampling and the KV cache are :func:`medlm.models.generation.generate`'s.
+A source is a medlm training checkpoint, a Hugging Face directory or a Meta directory, and its
+tokenizer is found beside it (:mod:`medlm.loading`). Decoding, sampling and the KV cache are
+:func:`medlm.models.generation.generate`'s.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from medlm.data.tokenizer import Tokenizer, find_tokenizer_model, load_tokenizer, tokenizer_for_model_dir
-from medlm.errors import ConfigError, MedlmError
-from medlm.models.checkpoint import load_network, network_from_checkpoint, read_checkpoint
+from medlm.data.tokenizer import Tokenizer
+from medlm.errors import ConfigError
+from medlm.loading import load_model
 from medlm.models.generation import generate
-from medlm.models.gpt2 import GPT2
-from medlm.models.llama import Llama
-
-# ----------------------------------------------------------------------------------------------
-# Models
-
-
-def checkpoint_tokenizer_name(ckpt: dict[str, Any]) -> str:
-    """The tiktoken encoding the checkpoint's DataModule tokenised with (``data.tokenizer``), else gpt2."""
-    name = (ckpt.get("datamodule_hyper_parameters") or {}).get("tokenizer")
-    return name if isinstance(name, str) and name else "gpt2"
-
-
-def load_source(source: str | Path, tokenizer: str | Path | None = None) -> tuple[nn.Module, Tokenizer]:
-    """The model (eval mode, CPU) and tokenizer of a medlm ``.ckpt``, a Hugging Face directory or a
-    Meta directory. ``tokenizer`` overrides the one found beside the weights."""
-    path = Path(source).expanduser()
-    if path.is_file():
-        ckpt = read_checkpoint(path)  # read once: the network and the tokenizer's name
-        model = network_from_checkpoint(ckpt, str(path))
-        tok = load_tokenizer(tokenizer or checkpoint_tokenizer_name(ckpt))
-    else:
-        model = load_network(path)
-        if tokenizer:
-            tok = load_tokenizer(tokenizer)
-        elif (path / "config.json").is_file():
-            tok = tokenizer_for_model_dir(path, model.config.vocab_size)
-        else:  # Meta's layout
-            found = find_tokenizer_model(path)
-            if found is None:
-                raise MedlmError(f"{path}: no tokenizer.model beside params.json; pass the tokenizer's path")
-            tok = load_tokenizer(found)
-    if not isinstance(model, (GPT2, Llama)):
-        raise MedlmError(f"{source}: holds a {type(model).__name__}, not a causal language model (GPT2, Llama)")
-    vocab = model.config.vocab_size
-    if tok.vocab_size > vocab:
-        raise MedlmError(f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model at {source} only "
-                         f"{vocab}: they do not belong together (pass the model's own tokenizer)")
-    return model.eval(), tok
-
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -165,7 +123,8 @@ class Generator:
             raise ConfigError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device: {device} was asked for, but torch sees no CUDA GPU here")
-        model, tokenizer = load_source(ckpt_dir, tokenizer_path)
+        loaded = load_model(ckpt_dir, tokenizer_path, causal_lm=True)
+        model, tokenizer = loaded.net, loaded.tokenizer
         if dtype is None:
             bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
             dtype = torch.bfloat16 if bf16 else torch.float32

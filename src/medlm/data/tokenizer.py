@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -167,6 +168,38 @@ def tokenizer_for_model_dir(directory: Path, vocab_size: int) -> Tokenizer:
         return gpt2
     raise MedlmError(f"{directory}: no tokenizer found (no tokenizer.model; a vocabulary of {vocab_size} "
                      "is not GPT-2's); pass the tokenizer's path")
+
+
+# tiktoken's sources of the gpt2 encoding: OpenAI's encoder.json and vocab.bpe are, byte for byte,
+# Hugging Face's vocab.json and merges.txt
+_GPT2_HF_FILES = {
+    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
+    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+}
+
+
+def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str, bytes]:
+    """The files ``transformers.AutoTokenizer.from_pretrained`` reads for ``tokenizer``, by name:
+    GPT-2's vocab.json, merges.txt and tokenizer_config.json (from tiktoken's cached files, offline
+    through TIKTOKEN_CACHE_DIR); nothing for a tokenizer without a Hugging Face form here."""
+    if tokenizer.name != "gpt2":
+        return {}
+    from tiktoken.load import read_file_cached
+
+    files = {}
+    for name, (url, sha256) in _GPT2_HF_FILES.items():
+        try:
+            files[name] = read_file_cached(url, sha256)
+        except Exception as err:  # not cached and offline, or a corrupt cache entry
+            raise MedlmError(f"cannot read GPT-2's {url.rsplit('/', 1)[1]} for {name} ({type(err).__name__}); "
+                             "point TIKTOKEN_CACHE_DIR at tiktoken's cached files") from None
+    token = tokenizer.decode([tokenizer.eot_id])  # <|endoftext|>
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "bos_token": token,
+              "eos_token": token, "unk_token": token, "add_prefix_space": False, "add_bos_token": False}
+    files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
+    return files
 
 
 # ---------------------------------------------------------------------------------- Llama 3 files

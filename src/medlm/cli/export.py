@@ -5,8 +5,8 @@
 
 A causal LM (GPT-2 or Llama) becomes config.json + model.safetensors that
 ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits, plus
-generation_config.json and the GPT-2 tokenizer files (vocab.json, merges.txt) when the model was
-trained on GPT-2 tokens. A LoRA sequence-classifier checkpoint is exported by
+generation_config.json and the tokenizer's Hugging Face files (GPT-2's vocab.json, merges.txt,
+tokenizer_config.json) when the model was trained on GPT-2 tokens. A LoRA sequence-classifier checkpoint is exported by
 ``medlm.models.convert_classifier.export_classifier``: a PEFT adapter, or with ``--merged`` the
 merged model. A user error prints one ``error: ...`` line and exits 2.
 """
@@ -16,27 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from torch import nn
 
+from medlm.data.tokenizer import Tokenizer, hf_tokenizer_files
 from medlm.errors import ConfigError, MedlmError
-from medlm.data.tokenizer import Tokenizer, load_tokenizer
-from medlm.generator import checkpoint_tokenizer_name
+from medlm.loading import checkpoint_tokenizer
 from medlm.models.checkpoint import network_from_checkpoint, read_checkpoint, write_hf_checkpoint
 from medlm.models.classifier import SequenceClassifier
 from medlm.models.convert_classifier import export_classifier
 from medlm.utils.cli import OneLineErrorParser, user_errors
-from medlm.utils.io import atomic_path, atomic_write
-
-_GPT2_FILES = {  # tiktoken's sources of the gpt2 encoding: OpenAI's encoder.json and vocab.bpe are
-    # byte for byte Hugging Face's vocab.json and merges.txt
-    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
-}
-
+from medlm.utils.io import atomic_path
 
 def export(src: str | Path, out_dir: str | Path, merged: bool = False, force: bool = False) -> list[Path]:
     """Write the Hugging Face form of checkpoint ``src`` into ``out_dir``; return the files written."""
@@ -52,57 +43,33 @@ def export(src: str | Path, out_dir: str | Path, merged: bool = False, force: bo
     if merged:
         raise ConfigError(f"--merged: {src} is a causal-LM checkpoint, not a LoRA classifier; there is "
                           "nothing to merge")
-    return export_causal_lm(net, src, out_dir, load_tokenizer(checkpoint_tokenizer_name(ckpt)))
+    return export_causal_lm(net, src, out_dir, checkpoint_tokenizer(ckpt))
 
 
 def export_causal_lm(net: nn.Module, src: Path, out_dir: Path, tokenizer: Tokenizer) -> list[Path]:
-    """Write ``net`` (read from ``src``) as a HF causal LM, with ``tokenizer``'s special ids."""
+    """Write ``net`` (read from ``src``) as a HF causal LM with ``tokenizer``'s special ids, and the
+    tokenizer's own Hugging Face files when it has them (GPT-2's)."""
     if not hasattr(net, "to_hf"):
         raise MedlmError(f"{src}: {type(net).__name__} has no Hugging Face form (GPT2 and Llama have)")
     config, state = net.to_hf()
     # a model smaller than the tokenizer's vocabulary was not trained on it: its ids mean nothing there
     fits = net.config.vocab_size >= tokenizer.vocab_size
-    gpt2_tokens = fits and tokenizer.name == "gpt2"
     eot = tokenizer.eot_id if fits else None
     bos = eot if tokenizer.bos_id is None or not fits else tokenizer.bos_id
     # HF's Llama defaults (bos 1, eos 2) would be other tokens of this vocabulary: say which they are
     config["bos_token_id"], config["eos_token_id"] = bos, eot
-    tokenizer_files = gpt2_tokenizer_files(out_dir) if gpt2_tokens else {}  # read before anything is written
+    # read before anything is written, so that a missing tokenizer file leaves no half export
+    files = hf_tokenizer_files(tokenizer, net.config.block_size) if fits else {}
     write_hf_checkpoint(out_dir, config, state)
     written = [out_dir / "config.json", out_dir / "model.safetensors"]
-    if gpt2_tokens:
-        written.append(_write_json(out_dir / "generation_config.json",
-                                   {"bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot}))
-        for name, data in tokenizer_files.items():
-            with atomic_path(out_dir / name) as tmp:
-                tmp.write_bytes(data)
-            written.append(out_dir / name)
-        token = "<|endoftext|>"
-        written.append(_write_json(out_dir / "tokenizer_config.json", {
-            "tokenizer_class": "GPT2Tokenizer", "model_max_length": net.config.block_size, "bos_token": token,
-            "eos_token": token, "unk_token": token, "add_prefix_space": False, "add_bos_token": False}))
+    if files:
+        files["generation_config.json"] = json.dumps({"bos_token_id": bos, "eos_token_id": eot,
+                                                      "pad_token_id": eot}, indent=2).encode()
+    for name, data in files.items():
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_bytes(data)
+        written.append(out_dir / name)
     return written
-
-
-def gpt2_tokenizer_files(out_dir: Path) -> dict[str, bytes]:
-    """Hugging Face's vocab.json and merges.txt of GPT-2, from tiktoken's cached files (offline through
-    TIKTOKEN_CACHE_DIR), so that ``AutoTokenizer.from_pretrained`` reads the exported directory."""
-    from tiktoken.load import read_file_cached
-
-    files = {}
-    for name, (url, sha256) in _GPT2_FILES.items():
-        try:
-            files[name] = read_file_cached(url, sha256)
-        except Exception as err:  # not cached and offline, or a corrupt cache entry
-            raise MedlmError(f"cannot read GPT-2's {url.rsplit('/', 1)[1]} for {out_dir / name} "
-                             f"({type(err).__name__}); point TIKTOKEN_CACHE_DIR at tiktoken's cached files") from None
-    return files
-
-
-def _write_json(path: Path, value: Any) -> Path:
-    with atomic_write(path) as f:
-        json.dump(value, f, indent=2)
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
