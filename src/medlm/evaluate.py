@@ -32,7 +32,8 @@ from medlm.errors import ConfigError  # noqa: E402
 from medlm.models.checkpoint import network_from_checkpoint, read_checkpoint  # noqa: E402
 from medlm.models.classifier import SequenceClassifier  # noqa: E402
 from medlm.models.lora import trainable_parameter_summary  # noqa: E402
-from medlm.modules.classifier import SequenceClassification, write_confusion_matrix  # noqa: E402
+from medlm.modules.classifier import SequenceClassification  # noqa: E402
+from medlm.utils.plots import write_confusion_matrix  # noqa: E402
 from medlm.utils.cli import CONFIG_DIR, user_errors  # noqa: E402
 from medlm.utils.io import atomic_path, atomic_write  # noqa: E402
 from medlm.utils.tracking import log_artifact, make_loggers, record_run  # noqa: E402
@@ -185,7 +186,7 @@ def evaluate(cfg: DictConfig) -> list[ArmResult]:
         writer.writerows(rows)
     bar_chart(results, out / "comparison.png", title, majority)
     confusion = [p for r in results for p in write_confusion_matrix(
-        r.confusion, r.label_names, out / "confusion" / r.name, f"{r.name}, {cfg.split}")]
+        r.confusion.tolist(), r.label_names, out / "confusion" / r.name, f"{r.name}, {cfg.split}")]
 
     loggers = make_loggers(cfg, None)
     if loggers:

@@ -20,6 +20,7 @@ from medlm.models.classifier import SequenceClassifier, linear_probe, lora_class
 from medlm.models.convert_classifier import export_classifier
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.models.lora import trainable_parameter_summary
+from medlm.callbacks.confusion_matrix import ConfusionMatrixPlot
 from medlm.modules.classifier import SequenceClassification
 from tests.helpers import mlflow_runs
 
@@ -50,7 +51,8 @@ def _trainer(tmp_path: Path, mlflow: bool = True, **kwargs) -> L.Trainer:
     logger = MLFlowLogger(experiment_name="unit", tracking_uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",
                           artifact_location=str(tmp_path / "mlruns" / "artifacts")) if mlflow else False
     return L.Trainer(default_root_dir=tmp_path, logger=logger, accelerator="cpu", enable_progress_bar=False,
-                     enable_model_summary=False, enable_checkpointing=False, **kwargs)
+                     enable_model_summary=False, enable_checkpointing=False, callbacks=[ConfusionMatrixPlot()],
+                     **kwargs)
 
 
 def _artifacts(tmp_path: Path) -> dict[str, Path]:

@@ -1,39 +1,30 @@
-"""Causal language modelling: next-token loss and perplexity, AdamW with decay groups, a per-step schedule.
+"""Causal language modelling: next-token loss and perplexity.
 
-The network, a partial optimizer and a partial scheduler come from Hydra (``_partial_: true``);
-this module owns only the loss, the metrics and the optimisation, so every medlm causal LM
-(GPT-2, Llama; pretraining, fine-tuning, instruction tuning) trains through it.
+This module owns only the loss and the metrics (optimisation is :class:`OptimizedModule`'s), so every
+medlm causal LM (GPT-2, Llama; pretraining, fine-tuning, instruction tuning) trains through it.
 """
 
 from __future__ import annotations
 
-import math
-from functools import partial
 from typing import Any, Callable
 
-import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
-from medlm.errors import ConfigError
-from medlm.models.checkpoint import NETWORK_KEY, network_spec
 from medlm.models.kv_cache import document_causal_mask, document_positions
+from medlm.modules.optimization import OptimizedModule
 
 IGNORE_INDEX = -100
 
 
-class CausalLM(L.LightningModule):
+class CausalLM(OptimizedModule):
     def __init__(self, net: nn.Module, optimizer: Callable[..., Optimizer],
                  scheduler: Callable[..., Any] | None = None) -> None:
-        super().__init__()
-        # the partials are rebuilt from the config, never pickled into checkpoints
+        super().__init__(net, optimizer, scheduler)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        self.net = net
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.tokens_seen = 0
 
@@ -87,44 +78,9 @@ class CausalLM(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch(self.test_loss, "test", "loss")
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        # weight decay on matrices and embeddings only, never on biases and norm gains
-        groups = [{"params": [p for p in params if p.dim() >= 2]},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        factory = self.optimizer_factory
-        if isinstance(factory, partial) and "fused" in factory.keywords and factory.keywords["fused"] is None:
-            factory = partial(factory, fused=self.device.type == "cuda")
-        optimizer = factory(groups)
-        if self.scheduler_factory is None:
-            return {"optimizer": optimizer}
-        total_steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total_steps):
-            raise ConfigError("trainer.max_epochs / trainer.max_steps: the run has no end, so the "
-                              "learning-rate schedule cannot be laid out; set one of them")
-        scheduler = self.scheduler_factory(optimizer, total_steps=int(total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
-        """Clip fused AdamW's gradients under bf16 too.
-
-        Lightning refuses to clip for an optimizer that unscales gradients itself (fused AdamW),
-        a guard for fp16 loss scaling; bf16 and fp32 have no scaler, so the gradients are already
-        true gradients and clipping them directly is exact.
-        """
-        fused = getattr(optimizer, "_step_supports_amp_scaling", False)
-        if gradient_clip_val and fused and not str(self.trainer.precision).startswith("16"):
-            if gradient_clip_algorithm == "value":
-                torch.nn.utils.clip_grad_value_(self.parameters(), gradient_clip_val)
-            else:
-                torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
-            return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["tokens_seen"] = self.tokens_seen
-        checkpoint[NETWORK_KEY] = network_spec(self.net)  # generation and export rebuild the net from it
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
