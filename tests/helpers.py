@@ -14,15 +14,15 @@ from medlm.utils.cli import CONFIG_DIR
 
 
 def compose_train(root: Path, overrides: list[str], output_dir: Path | None = None,
-                  cache_dir: Path | None = None) -> DictConfig:
-    """The ``train`` config with ``root`` as the project dir (mlruns/, logs/ go there).
+                  cache_dir: Path | None = None, config_name: str = "train") -> DictConfig:
+    """The ``train`` config (or ``config_name``) with ``root`` as the project dir (mlruns/, logs/ go there).
 
     MLflow's ``set_tracking_uri`` exports MLFLOW_TRACKING_URI into this process, which would send
     every later run of the test process to the first run's store: it is cleared here.
     """
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, f"paths.root_dir={root}"], return_hydra_config=True)
+        cfg = compose(config_name, overrides=[*overrides, f"paths.root_dir={root}"], return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir or root / "run")
         cfg.hydra.job.num = 0

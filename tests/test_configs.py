@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from medlm.cli.train import train
@@ -22,6 +21,8 @@ GROUPS = sorted(
     for p in CONF.rglob("*.yaml")
     if p.parent != CONF and p.parent.name != "hydra"
 )
+# groups of medlm-eval's config (eval.yaml); every other group belongs to medlm-train's (train.yaml)
+EVAL_GROUPS = {"benchmark"}
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # options that make sense only with others: classification data needs a classifier
 COMPANIONS = {
@@ -43,15 +44,13 @@ def test_every_config_file_is_tested() -> None:
 def test_every_group_option_composes_and_resolves(option: str, tmp_path: Path) -> None:
     group, name = option.removesuffix(".yaml").split("/", 1)
     overrides = [f"{group}={name}", *COMPANIONS.get(f"{group}/{name}", [])]
+    if group in EVAL_GROUPS:
+        cfg = compose_train(tmp_path, overrides, config_name="eval")
+        assert OmegaConf.to_container(cfg, resolve=True)["task_name"] == f"eval_{name}"
+        return
     cfg = compose_train(tmp_path, overrides)
     resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert resolved["task_name"] and resolved["trainer"]["_target_"]
-
-
-def test_eval_config_composes(tmp_path: Path) -> None:
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides=[f"paths.root_dir={tmp_path}"])
-    assert cfg.task_name
 
 
 def test_no_experiment_means_each_group_file_speaks_for_itself(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from medlm.errors import ConfigError, MedlmError
-from medlm.utils.cli import CONFIG_DIR, user_errors
+from medlm.utils.cli import CONFIG_DIR, run_hydra, user_errors
 from medlm.utils.tracking import RUN_ID_FILE, make_loggers, mlflow_loggers, record_run
 
 log = logging.getLogger("medlm.train")
@@ -88,7 +88,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra(_hydra_main)
 
 
 if __name__ == "__main__":

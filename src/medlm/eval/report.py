@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -206,3 +207,29 @@ def write_results(out_dir: str | Path, benchmark: str, models: Mapping[str, Mapp
         f.write("\n")
     paths["results"] = out / "results.json"
     return paths
+
+
+@dataclass
+class Results:
+    """One evaluation, as :func:`write_results` writes it: per model its metrics (``n``: items
+    scored) and predictions, the baseline a reader compares with, and details for results.json."""
+
+    benchmark: str
+    title: str
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    metrics: list[str] | None = None  # the table's columns (default: every numeric metric)
+    chart_metrics: list[str] | None = None
+    baseline: dict[str, Any] | None = None
+    baseline_name: str = "baseline"
+    details: dict[str, Any] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)  # more outputs the benchmark wrote (plots)
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        return write_results(out_dir, self.benchmark, self.models, self.predictions, metrics=self.metrics,
+                             chart_metrics=self.chart_metrics, baseline=self.baseline,
+                             baseline_name=self.baseline_name, details=self.details or None, title=self.title)
+
+    def table(self) -> str:
+        metrics = self.metrics if self.metrics is not None else metric_names(plain(self.models))
+        return markdown_table(results_rows(plain(self.models), metrics, plain(self.baseline), self.baseline_name))

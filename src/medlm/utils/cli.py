@@ -7,7 +7,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -65,4 +65,29 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
+
+
+def _one_line(text: str) -> str:
+    """Hydra's message on one line: its lines joined, without the config-search and debugging hints."""
+    noise = ("full_key:", "object_type=", "reference_type=", "Config search path", "provider=", "Set the "
+             "environment variable HYDRA_FULL_ERROR")
+    lines = [line.strip() for line in text.splitlines()]
+    return "; ".join(line for line in lines if line and not line.startswith(noise)).replace(":;", ":")
+
+
+def run_hydra(hydra_main: Callable[[], Any]) -> Any:
+    """Run a ``@hydra.main`` function so that Hydra's own errors (an unknown group option or key, a
+    malformed override, a target that does not take a key) are one ``error:`` line and exit 2, as
+    every other user error. A crash inside medlm still shows its traceback."""
+    from hydra.errors import HydraException, InstantiationException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing and exiting 1
+    try:
+        return hydra_main()
+    except HydraException as err:
+        bad_call = isinstance(err, InstantiationException) and not isinstance(err.__cause__, (TypeError, type(None)))
+        if bad_call:  # an error inside a constructor: a bug or a user error that is not a MedlmError
+            raise
+        print(f"error: {_one_line(str(err))}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)

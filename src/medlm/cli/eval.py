@@ -1,0 +1,115 @@
+"""medlm-eval: score any models on one benchmark, side by side, and record the scores where users look.
+
+    medlm-eval benchmark=pubmedqa models.base=/models/gpt2 models.tuned=logs/.../checkpoints/best.ckpt
+    medlm-eval benchmark=pubmedqa models.tuned=<MLflow run id> benchmark.setting=reasoning_free
+    medlm-eval benchmark=hellaswag models.gpt2=/models/gpt2 benchmark.path=hellaswag_val.jsonl benchmark.limit=500
+    medlm-eval benchmark=question_pairs        # the newest LoRA and linear-probe runs, on the test split
+
+A model is a medlm checkpoint, a Hugging Face or Meta directory, an MLflow run id or an MLflow
+experiment name (:mod:`medlm.eval.models`). The run folder gets results.json, a predictions file
+per model, a markdown/CSV table, a bar chart and, for classifiers, confusion matrices; the
+evaluation is one MLflow run (experiment ``eval_<benchmark>``) that names the runs it scored, and
+each model that came from a medlm training run gets ``eval/<benchmark>/<metric>`` logged into that
+run, so the MLflow UI's run table sorts runs by them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from medlm.errors import ConfigError
+from medlm.eval.benchmarks import BENCHMARKS
+from medlm.eval.models import ModelToScore, load_models
+from medlm.eval.report import Results
+from medlm.utils.cli import CONFIG_DIR, run_hydra, user_errors
+from medlm.utils.plots import write_confusion_matrix
+from medlm.utils.tracking import log_artifact, make_loggers, mlflow_loggers, record_run
+
+log = logging.getLogger("medlm.eval")
+
+
+def pick_device(value: str) -> torch.device:
+    if value == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise ConfigError(f"device: {value!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {value} was asked for, but torch sees no CUDA GPU here")
+    return device
+
+
+def record(cfg: DictConfig, results: Results, models: list[ModelToScore], files: list[Path], out: Path) -> None:
+    """The evaluation's MLflow run (params, metrics NAME/METRIC, the files, tags linking the runs it
+    scored), and each scored training run's eval/<benchmark>/<metric>."""
+    loggers = make_loggers(cfg, None)
+    if not loggers:
+        return
+    record_run(loggers, cfg, out, resumed=False)
+    metrics = {f"{name}/{k}": float(v) for name, m in results.models.items() for k, v in m.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for lg in loggers:
+        lg.log_metrics(metrics)
+    for path in files:
+        log_artifact(loggers, path, path.parent.relative_to(out).as_posix() if path.parent != out else "results")
+    for lg in mlflow_loggers(loggers):
+        client, eval_run = lg.experiment, lg.run_id
+        for m in models:
+            client.set_tag(eval_run, f"model.{m.name}", str(m.path))
+            if m.run_id is None:
+                continue
+            client.set_tag(eval_run, f"scored_run.{m.name}", m.run_id)
+            for k, v in results.models[m.name].items():
+                if k != "n" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    client.log_metric(m.run_id, f"eval/{results.benchmark}/{k}", float(v))
+            client.set_tag(m.run_id, f"eval/{results.benchmark}/run", eval_run)
+    for lg in loggers:
+        lg.finalize("success")
+
+
+def evaluate(cfg: DictConfig) -> Results:
+    """Find and load every model, score them, write the outputs, then record the MLflow run."""
+    name = cfg.benchmark.name
+    if name not in BENCHMARKS:
+        raise ConfigError(f"benchmark.name: {name!r} is not one of {', '.join(BENCHMARKS)}")
+    device = pick_device(str(cfg.device))
+    tracking_uri = ((cfg.get("logger") or {}).get("mlflow") or {}).get("tracking_uri")
+    requested = dict(cfg.get("models") or {}) or dict(cfg.benchmark.get("default_models") or {})
+    models = load_models(requested, tracking_uri)
+    results = BENCHMARKS[name](models, cfg.benchmark, device)
+
+    out = Path(cfg.paths.output_dir)
+    files = list(results.write(out).values())
+    for model, details in results.details.items():  # classifiers and PubMedQA: a confusion matrix each
+        if "confusion" in details and "labels" in details:
+            files += write_confusion_matrix(details["confusion"], details["labels"], out / "confusion" / model,
+                                            f"{model}: {results.title}")
+    print(f"{results.title}\n\n{results.table()}\n")
+    for m in models:
+        print(f"{m.name}: {m.path}" + (f" (MLflow run {m.run_id})" if m.run_id else ""))
+    record(cfg, results, models, files, out)
+    print(f"outputs: {out}")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def _hydra_main(cfg: DictConfig) -> None:
+    with user_errors():
+        evaluate(cfg)
+
+
+def main() -> None:
+    # models.NAME=VALUE adds a key to the empty models mapping: Hydra spells that ++models.NAME
+    sys.argv = [f"++{a}" if a.startswith("models.") and "=" in a else a for a in sys.argv]
+    run_hydra(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""What ``medlm-eval benchmark=NAME`` runs: each benchmark scores every model on the same items and
+returns :class:`~medlm.eval.report.Results`; the command writes, prints and records them.
+
+- ``pubmedqa``: the authors' 500-question PQA-L test split (:mod:`medlm.eval.pubmedqa`), each
+  causal LM asked in the template it was trained with, each 3-label classifier by its argmax.
+- ``hellaswag``: the validation split, completion style (:mod:`medlm.eval.hellaswag`).
+- ``question_pairs``: sequence classifiers on the held-out split of the question pairs
+  (:mod:`medlm.eval.question_pairs`), each checked to have trained on the other questions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+
+from medlm.data.pubmedqa import DEFAULT_TEMPLATE, LABELS, PubMedQADataModule
+from medlm.errors import ConfigError, MedlmError
+from medlm.eval.models import ModelToScore
+from medlm.eval.report import Results
+from medlm.utils.checks import check_number
+
+CHANCE = 0.25  # HellaSwag: one of four endings
+
+
+def _for_model(model: ModelToScore, score: Callable[[], Any]) -> Any:
+    """Run ``score`` for one model; a user error names the model it is about."""
+    try:
+        return score()
+    except MedlmError as err:
+        raise type(err)(f"models.{model.name}: {err}") from None
+
+
+def _limit(settings: DictConfig) -> int | None:
+    limit = settings.get("limit")
+    if limit is not None:
+        check_number(limit, "benchmark.limit", int, 1)
+    return limit
+
+
+def spread(items: list, limit: int | None) -> list:
+    """``limit`` items evenly spaced through ``items`` (all of them without a limit), so that a quick
+    look at a list ordered by label (PubMedQA's test split: yes, then no, then maybe) sees every label."""
+    if limit is None or limit >= len(items):
+        return items
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def pubmedqa(models: list[ModelToScore], settings: DictConfig, device: torch.device) -> Results:
+    from medlm.eval.pubmedqa import SETTINGS, score_pubmedqa
+
+    if settings.setting not in SETTINGS:
+        raise ConfigError(f"benchmark.setting must be one of {', '.join(SETTINGS)}, got {settings.setting!r}")
+    check_number(settings.batch_size, "benchmark.batch_size", int, 1)
+    records = PubMedQADataModule(path=settings.get("path"), hub_config="pqa_labeled").official_test_split()
+    records = spread(records, _limit(settings))
+    results = Results("pubmedqa", f"PubMedQA, {len(records)} official test questions ({settings.setting})",
+                      metrics=["acc", "macro_f1", "f1_yes", "f1_no", "f1_maybe"],
+                      chart_metrics=["acc", "macro_f1"], baseline_name="majority (always yes)")
+    for m in models:
+        # asked in the template the model was trained with, else the configured one
+        template = settings.get("template") or m.loaded.data_settings().get("template") or DEFAULT_TEMPLATE
+        result = _for_model(m, lambda: score_pubmedqa(
+            m.loaded.net.to(device), m.loaded.tokenizer, records, setting=settings.setting, template=template,
+            mode=settings.mode, batch_size=settings.batch_size, device=device))
+        results.models[m.name] = {**result.metrics, "n": len(records)}
+        results.predictions[m.name] = [p.as_dict() for p in result.predictions]
+        results.details[m.name] = {"mode": result.mode, "confusion": result.confusion, "labels": list(LABELS),
+                                   "template": template, "prompts_cut": result.n_truncated}
+        results.baseline = {**result.baseline, "n": len(records)}
+    return results
+
+
+def hellaswag(models: list[ModelToScore], settings: DictConfig, device: torch.device) -> Results:
+    from medlm.eval.hellaswag import HellaSwagCounts, load_hellaswag, predict_hellaswag
+
+    check_number(settings.batch_size, "benchmark.batch_size", int, 1)
+    items = load_hellaswag(settings.get("path"), _limit(settings))
+    results = Results("hellaswag", f"HellaSwag, {len(items)} validation items (completion style)",
+                      metrics=["acc", "acc_norm", "acc_norm_bytes"], baseline_name="chance",
+                      baseline={"acc": CHANCE, "acc_norm": CHANCE, "acc_norm_bytes": CHANCE, "n": len(items)})
+    for m in models:
+        if not m.loaded.is_causal_lm:
+            raise ConfigError(f"models.{m.name}: {m.path} holds a {type(m.loaded.net).__name__}; HellaSwag "
+                              "scores a causal language model (GPT2, Llama)")
+        predictions = _for_model(m, lambda: predict_hellaswag(
+            m.loaded.net.to(device), m.loaded.tokenizer, items, settings.batch_size, device))
+        results.models[m.name] = HellaSwagCounts.of(predictions).metrics()
+        results.predictions[m.name] = [p.as_dict() for p in predictions]
+    return results
+
+
+def question_pairs(models: list[ModelToScore], settings: DictConfig, device: torch.device) -> Results:
+    from medlm.eval.question_pairs import score_question_pairs
+
+    return score_question_pairs(models, settings, device)
+
+
+BENCHMARKS: dict[str, Callable[[list[ModelToScore], DictConfig, torch.device], Results]] = {
+    "pubmedqa": pubmedqa, "hellaswag": hellaswag, "question_pairs": question_pairs}
