@@ -20,16 +20,24 @@ is asked, survives. Batches are those of the question-pair DataModule (``collate
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from functools import partial
-from typing import Sequence
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from medlm.data.pubmedqa import (DEFAULT_TEMPLATE, HUB_ID, LABELS, PubMedQARecord, check_template,
-                                 load_records, official_test_records, pubmedqa_source,
-                                 split_train_val)
+from medlm.data.pubmedqa import (
+    DEFAULT_TEMPLATE,
+    HUB_ID,
+    LABELS,
+    PubMedQARecord,
+    check_template,
+    load_records,
+    official_test_records,
+    pubmedqa_source,
+    split_train_val,
+)
 from medlm.data.question_pairs import collate_pairs
 from medlm.data.sources import HubSource, Source
 from medlm.data.tokenizer import load_tokenizer
@@ -39,7 +47,6 @@ from medlm.utils.checks import check_number
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 Example = tuple[list[int], int]  # token ids, label index
 
 
@@ -79,8 +86,10 @@ class PubMedQAClassificationDataModule(L.LightningDataModule):
         bare = PubMedQARecord("", "", (), "", None).format(prompt)
         n_bare = len(self.tokenizer.encode_prompt(bare))
         if n_bare >= max_length:
-            raise ConfigError(f"data.max_length={max_length}: the prompt's own text {bare!r} "
-                              f"({setting}) takes {n_bare} tokens, leaving no room for a question")
+            raise ConfigError(
+                f"data.max_length={max_length}: the prompt's own text {bare!r} "
+                f"({setting}) takes {n_bare} tokens, leaving no room for a question"
+            )
         self.path, self.hub_id, self.revision = path, hub_id, revision
         self.template, self.setting, self.prompt = template, setting, prompt
         self.max_length, self.batch_size, self.num_workers = max_length, batch_size, num_workers
@@ -116,13 +125,6 @@ class PubMedQAClassificationDataModule(L.LightningDataModule):
         """The scorer's prompt for ``record`` (``decision_prompt`` + ``PubMedQARecord.format``)."""
         return record.format(self.prompt)
 
-    def encode(self, record: PubMedQARecord) -> list[int]:
-        """The prompt's tokens, the last ``max_length`` of them."""
-        return self.tokenizer.encode_prompt(self.text(record))[-self.max_length:]
-
-    def example(self, record: PubMedQARecord) -> Example:
-        return self.encode(record), LABELS.index(record.final_decision)
-
     def prepare_data(self) -> None:
         if isinstance(self.source, HubSource):
             self.source.load()  # download into the datasets cache once, on rank 0
@@ -131,13 +133,22 @@ class PubMedQAClassificationDataModule(L.LightningDataModule):
         if self.datasets:
             return
         for split, records in self.split_records().items():
+            # the prompt's tokens, the last max_length of them: the end, where the decision is asked
             full = [self.tokenizer.encode_prompt(self.text(r)) for r in records]
-            examples = [(ids[-self.max_length:], LABELS.index(r.final_decision))
-                        for ids, r in zip(full, records)]
+            examples = [
+                (ids[-self.max_length :], LABELS.index(r.final_decision))
+                for ids, r in zip(full, records, strict=True)
+            ]
             self.datasets[split] = examples
-            log.info("pubmedqa classification %s: %d questions %s, %d cut from the left to "
-                     "data.max_length=%d", split, len(records), label_counts(examples),
-                     sum(len(ids) > self.max_length for ids in full), self.max_length)
+            log.info(
+                "pubmedqa classification %s: %d questions %s, %d cut from the left to "
+                "data.max_length=%d",
+                split,
+                len(records),
+                label_counts(examples),
+                sum(len(ids) > self.max_length for ids in full),
+                self.max_length,
+            )
 
     # ---- loaders
 
@@ -145,10 +156,15 @@ class PubMedQAClassificationDataModule(L.LightningDataModule):
         if not self.datasets:
             self.setup()
         generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          generator=generator, num_workers=self.num_workers,
-                          collate_fn=partial(collate_pairs, pad_id=self.tokenizer.eot_id),
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_pairs, pad_id=self.tokenizer.eot_id),
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
