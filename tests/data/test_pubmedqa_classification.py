@@ -204,3 +204,20 @@ def test_lora_pubmedqa_trains_and_its_checkpoint_is_scored_by_the_pubmedqa_score
     assert [p.gold for p in result.predictions] == [LABELS[i] for i in batch["labels"]]
     acc = sum(p.prediction == p.gold for p in result.predictions) / 10
     assert result.metrics["acc"] == pytest.approx(acc)
+
+
+def test_experiment_sets_the_lora_recipe_with_three_labels(tmp_path: Path) -> None:
+    cfg = compose_train(tmp_path, ["experiment=lora_pubmedqa"])
+    assert cfg.model._target_ == "medlm.models.classifier.lora_classifier"
+    assert (cfg.model.r, cfg.model.alpha, cfg.model.dropout, list(cfg.model.targets)) == (
+        8,
+        32,
+        0.1,
+        ["c_attn", "c_proj"],
+    )
+    assert cfg.model.num_labels == 3 and cfg.model.block_size == cfg.data.max_length == 256
+    assert cfg.data._target_.endswith("PubMedQAClassificationDataModule")
+    assert cfg.data.setting == "reasoning_required" and cfg.test is True
+    assert list(cfg.module.label_names) == list(LABELS)  # strings, not YAML booleans
+    assert cfg.optimized_metric == cfg.callbacks.model_checkpoint.monitor == "val/acc"
+    assert cfg.callbacks.model_checkpoint.mode == "max" and cfg.callbacks.samples is None

@@ -12,7 +12,8 @@ size), so no test question is ever trained or validated on.
 
 Tokens: ``tokenizer.encode_prompt`` of the text, cut from the LEFT to ``max_length``, as the
 scorer cuts a prompt longer than the model's block size: the end of the prompt, where the decision
-is asked, survives. Batches are those of the question-pair DataModule (``collate_pairs``):
+is asked, survives. Batches are those of every classification DataModule
+(:mod:`medlm.data.classification`):
 ``input_ids`` and ``attention_mask`` (B, T) right-padded with the tokenizer's ``eot_id``,
 ``labels`` (B,).
 """
@@ -21,12 +22,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import partial
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 
+from medlm.data.classification import Example, classification_loader
 from medlm.data.pubmedqa import (
     DEFAULT_TEMPLATE,
     HUB_ID,
@@ -38,7 +38,6 @@ from medlm.data.pubmedqa import (
     pubmedqa_source,
     split_train_val,
 )
-from medlm.data.question_pairs import collate_pairs
 from medlm.data.sources import HubSource, Source
 from medlm.data.tokenizer import load_tokenizer
 from medlm.errors import ConfigError
@@ -46,8 +45,6 @@ from medlm.eval.pubmedqa import SETTINGS, decision_prompt
 from medlm.utils.checks import check_number
 
 log = logging.getLogger(__name__)
-
-Example = tuple[list[int], int]  # token ids, label index
 
 
 class PubMedQAClassificationDataModule(L.LightningDataModule):
@@ -155,15 +152,13 @@ class PubMedQAClassificationDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
+        return classification_loader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
-            generator=generator,
+            seed=self.seed,
             num_workers=self.num_workers,
-            collate_fn=partial(collate_pairs, pad_id=self.tokenizer.eot_id),
-            persistent_workers=self.num_workers > 0,
+            pad_id=self.tokenizer.eot_id,
         )
 
     def train_dataloader(self) -> DataLoader:
