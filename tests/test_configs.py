@@ -27,12 +27,13 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 # options that make sense only with others: classification data needs a classifier
 COMPANIONS = {
     "data/question_pairs": ["model=gpt2_lora_classifier", "module=classifier"],
+    "data/pubmedqa_classification": ["model=gpt2_lora_classifier", "module=classifier"],
     "model/gpt2_lora_classifier": ["data=question_pairs", "module=classifier"],
     "model/gpt2_linear_probe": ["data=question_pairs", "module=classifier"],
     "module/classifier": ["model=gpt2_lora_classifier", "data=question_pairs"],
 }
 # the local stand-ins for what an experiment would download: a tiny GPT-2 saved by transformers
-NEEDS_WEIGHTS = {"biomedgpt_pubmedqa", "lora_question_pairs", "linear_probe_question_pairs"}
+NEEDS_WEIGHTS = {"biomedgpt_pubmedqa", "lora_question_pairs", "linear_probe_question_pairs", "lora_pubmedqa"}
 
 
 def test_every_config_file_is_tested() -> None:

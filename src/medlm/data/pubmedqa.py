@@ -191,6 +191,14 @@ def official_test_records(records: Sequence[PubMedQARecord], origin: str = "pubm
     return test
 
 
+def pubmedqa_source(path: str | None, hub_id: str, hub_config: str, revision: str | None) -> Source:
+    """``path``, else ``$MEDLM_DATA_DIR/pubmedqa``, else the Hub config: where one config's records are."""
+    original, c = ORIGINAL_FILES[hub_config], hub_config
+    hub = HubSource(hub_id, c, "train", revision, hint_subdir=SUBDIR, hint_file=original)
+    patterns = [original, f"{c}.jsonl", f"{c}.json", f"{c}.parquet", f"{c}/*.parquet", f"{c}/*.jsonl"]
+    return resolve_source(path, subdir=SUBDIR, patterns=patterns, hub=hub)
+
+
 # ----------------------------------------------------------------------------------- config checks
 
 
@@ -286,11 +294,7 @@ class PubMedQADataModule(L.LightningDataModule):
     @property
     def source(self) -> Source:
         if self._source is None:
-            original = ORIGINAL_FILES[self.hub_config]
-            c = self.hub_config
-            hub = HubSource(self.hub_id, c, "train", self.revision, hint_subdir=SUBDIR, hint_file=original)
-            patterns = [original, f"{c}.jsonl", f"{c}.json", f"{c}.parquet", f"{c}/*.parquet", f"{c}/*.jsonl"]
-            self._source = resolve_source(self.path, subdir=SUBDIR, patterns=patterns, hub=hub)
+            self._source = pubmedqa_source(self.path, self.hub_id, self.hub_config, self.revision)
         return self._source
 
     def records(self) -> list[PubMedQARecord]:

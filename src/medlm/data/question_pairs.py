@@ -13,15 +13,14 @@ with ``<|endoftext|>``, and ``labels`` (B,).
 from __future__ import annotations
 
 import csv
-from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
 
+from medlm.data.classification import classification_loader, collate_pairs  # noqa: F401 (its old home)
 from medlm.data.sources import HubSource, Source, resolve_source
 from medlm.data.splits import seeded_split
 from medlm.data.tokenizer import Tokenizer, load_tokenizer
@@ -142,18 +141,6 @@ class PairDataset(Dataset):
         return self.examples[i]
 
 
-def collate_pairs(batch: Sequence[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example: input_ids, attention_mask (B, T) long; labels (B,) long."""
-    T = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), T), dtype=torch.long)
-    for i, (ids, _) in enumerate(batch):
-        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[i, :len(ids)] = 1
-    labels = torch.tensor([label for _, label in batch], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
 class QuestionPairsDataModule(L.LightningDataModule):
     num_labels = 2
 
@@ -220,10 +207,8 @@ class QuestionPairsDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                          generator=generator, collate_fn=partial(collate_pairs, pad_id=self.tokenizer.eot_id), num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return classification_loader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                                     seed=self.seed, num_workers=self.num_workers, pad_id=self.tokenizer.eot_id)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
