@@ -14,14 +14,15 @@ from medlm.data.pubmedqa import (
     DEFAULT_TEMPLATE,
     LABELS,
     OFFICIAL_TEST_SHA256,
+    decision_prompt,
     ids_digest,
     load_records,
     pubmedqa_source,
 )
 from medlm.data.pubmedqa_classification import PubMedQAClassificationDataModule
+from medlm.models.checkpoint import load_network, read_checkpoint
 from medlm.errors import ConfigError, DataError
-from medlm.eval.pubmedqa import decision_prompt, score_pubmedqa
-from medlm.modules.classifier import load_classifier, read_checkpoint
+from medlm.eval.pubmedqa import score_pubmedqa
 from tests.helpers import compose_train, mlflow_runs
 
 
@@ -183,7 +184,7 @@ def test_lora_pubmedqa_trains_and_its_checkpoint_is_scored_by_the_pubmedqa_score
         256,
     )
 
-    net = load_classifier(best)
+    net = load_network(best)
     assert net.num_labels == 3 and net.config.block_size == 256
     dm = PubMedQAClassificationDataModule(path=str(pqa_dir), max_length=256, batch_size=12)
     dm.setup()

@@ -31,8 +31,10 @@ from medlm.data.pubmedqa import (
     DEFAULT_TEMPLATE,
     HUB_ID,
     LABELS,
+    SETTINGS,
     PubMedQARecord,
     check_template,
+    decision_prompt,
     load_records,
     official_test_records,
     pubmedqa_source,
@@ -41,7 +43,6 @@ from medlm.data.pubmedqa import (
 from medlm.data.sources import HubSource, Source
 from medlm.data.tokenizer import load_tokenizer
 from medlm.errors import ConfigError
-from medlm.eval.pubmedqa import SETTINGS, decision_prompt
 from medlm.utils.checks import check_number
 
 log = logging.getLogger(__name__)

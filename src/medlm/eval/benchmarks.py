@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
-from medlm.data.pubmedqa import DEFAULT_TEMPLATE, LABELS, PubMedQADataModule
+from medlm.data.pubmedqa import DEFAULT_TEMPLATE, LABELS, SETTINGS, PubMedQADataModule
 from medlm.errors import ConfigError, MedlmError
 from medlm.eval.models import ModelToScore
 from medlm.eval.report import Results
@@ -48,26 +48,28 @@ def spread(items: list, limit: int | None) -> list:
 
 
 def pubmedqa(models: list[ModelToScore], settings: DictConfig, device: torch.device) -> Results:
-    from medlm.eval.pubmedqa import SETTINGS, score_pubmedqa
+    from medlm.eval.pubmedqa import score_pubmedqa
 
-    if settings.setting not in SETTINGS:
-        raise ConfigError(f"benchmark.setting must be one of {', '.join(SETTINGS)}, got {settings.setting!r}")
+    if settings.setting is not None and settings.setting not in SETTINGS:
+        raise ConfigError(f"benchmark.setting must be one of {', '.join(SETTINGS)} or null, got {settings.setting!r}")
     check_number(settings.batch_size, "benchmark.batch_size", int, 1)
     records = PubMedQADataModule(path=settings.get("path"), hub_config="pqa_labeled").official_test_split()
     records = spread(records, _limit(settings))
-    results = Results("pubmedqa", f"PubMedQA, {len(records)} official test questions ({settings.setting})",
+    results = Results("pubmedqa", f"PubMedQA, {len(records)} official test questions",
                       metrics=["acc", "macro_f1", "f1_yes", "f1_no", "f1_maybe"],
                       chart_metrics=["acc", "macro_f1"], baseline_name="majority (always yes)")
     for m in models:
-        # asked in the template the model was trained with, else the configured one
-        template = settings.get("template") or m.loaded.data_settings().get("template") or DEFAULT_TEMPLATE
+        # asked in the template (and setting) the model was trained with, unless the command says
+        trained = m.loaded.data_settings()
+        template = settings.get("template") or trained.get("template") or DEFAULT_TEMPLATE
+        setting = settings.setting or trained.get("setting") or SETTINGS[0]
         result = _for_model(m, lambda: score_pubmedqa(
-            m.loaded.net.to(device), m.loaded.tokenizer, records, setting=settings.setting, template=template,
+            m.loaded.net.to(device), m.loaded.tokenizer, records, setting=setting, template=template,
             mode=settings.mode, batch_size=settings.batch_size, device=device))
         results.models[m.name] = {**result.metrics, "n": len(records)}
         results.predictions[m.name] = [p.as_dict() for p in result.predictions]
         results.details[m.name] = {"mode": result.mode, "confusion": result.confusion, "labels": list(LABELS),
-                                   "template": template, "prompts_cut": result.n_truncated}
+                                   "setting": setting, "template": template, "prompts_cut": result.n_truncated}
         results.baseline = {**result.baseline, "n": len(records)}
     return results
 

@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from medlm.data.pubmedqa import DEFAULT_TEMPLATE, LABELS, PubMedQARecord
+from medlm.data.pubmedqa import DEFAULT_TEMPLATE, LABELS, SETTINGS, PubMedQARecord, decision_prompt
 from medlm.data.tokenizer import Tokenizer
 from medlm.errors import ConfigError, DataError
 from medlm.eval.likelihood import check_vocab, continuation_logprobs, model_device
@@ -43,63 +43,7 @@ from medlm.models.classifier import SequenceClassifier
 
 log = logging.getLogger(__name__)
 
-SETTINGS = ("reasoning_required", "reasoning_free")
 MODES = ("auto", "likelihood", "classifier")
-# the template field each setting shows, and the one it withholds
-_SHOWN = {"reasoning_required": "context", "reasoning_free": "long_answer"}
-_HIDDEN = {"reasoning_required": "long_answer", "reasoning_free": "context"}
-
-
-# ------------------------------------------------------------------------------------ prompts
-
-
-def decision_prompt(template: str, setting: str) -> tuple[str, str]:
-    """``(prompt template, separator)`` cut from a training template for ``setting``.
-
-    The prompt template is ``template`` up to ``{final_decision}``, without the withheld field and
-    the literal text before it (its label, e.g. ``\\nAnswer: ``); the whitespace just before
-    ``{final_decision}`` becomes the separator that starts every answer (" " + "yes"), as the
-    tokenizer saw it in training. Format the prompt with ``PubMedQARecord.format``.
-    """
-    if setting not in SETTINGS:
-        raise ConfigError(f"benchmark.setting must be one of {', '.join(SETTINGS)}, "
-                          f"got {setting!r}")
-    shown, hidden = _SHOWN[setting], _HIDDEN[setting]
-    pieces: list[str] = []
-    fields_before: set[str] = set()
-    found = False
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"data.template: cannot parse {template!r}: {err}") from None
-    for literal, name, spec, conversion in parsed:
-        root = (name or "").split(".")[0].split("[")[0]
-        if root == "final_decision":
-            pieces.append(_escape(literal))
-            found = True
-            break
-        if root == hidden:
-            continue  # the field and its label go together
-        pieces.append(_escape(literal))
-        if name is not None:
-            fields_before.add(root)
-            pieces.append("{" + name + (f"!{conversion}" if conversion else "")
-                          + (f":{spec}" if spec else "") + "}")
-    if not found:
-        raise ConfigError(f"data.template has no {{final_decision}}, so a model trained on it was "
-                          f"never asked for a decision: {template!r}")
-    if shown not in fields_before:
-        raise ConfigError(f"the {setting} setting shows the {shown}, but data.template has no "
-                          f"{{{shown}}} before {{final_decision}}: {template!r}")
-    prompt = "".join(pieces)
-    stripped = prompt.rstrip()
-    if not stripped:
-        raise ConfigError(f"data.template: nothing comes before {{final_decision}}: {template!r}")
-    return stripped, prompt[len(stripped):]
-
-
-def _escape(literal: str) -> str:
-    return literal.replace("{", "{{").replace("}", "}}")
 
 
 # ------------------------------------------------------------------------------------ metrics
