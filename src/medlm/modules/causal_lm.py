@@ -21,6 +21,7 @@ from torchmetrics import MeanMetric
 from medlm.errors import ConfigError
 from medlm.models.checkpoint import model_spec
 from medlm.models.kv_cache import document_causal_mask, document_positions
+from medlm.modules.metric_state import metric_sums, restore_metric_sums
 
 IGNORE_INDEX = -100
 
@@ -125,7 +126,11 @@ class CausalLM(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokens_seen"] = self.tokens_seen
+        # the epoch's running train loss (all ranks): a mid-epoch resume logs the same epoch mean
+        checkpoint["train_loss_state"] = metric_sums(self.train_loss, self.trainer.strategy)
         checkpoint["medlm_model"] = model_spec(self.net)  # generation and export rebuild the net from it
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        if "train_loss_state" in checkpoint:
+            restore_metric_sums(self.train_loss, checkpoint["train_loss_state"], self.global_rank)
