@@ -44,8 +44,7 @@ log = logging.getLogger(__name__)
 
 class ShardWindows(Dataset):
     """The windows of some shards. Item ``(shard, start)``: the window at token ``start`` of a
-    shard,
-    item ``i`` (an int): the ``i``-th window of the plain grid, shard after shard."""
+    shard; item ``i`` (an int): the ``i``-th window of the plain grid, shard after shard."""
 
     def __init__(self, paths: list[Path], sizes: list[int], block_size: int) -> None:
         self.paths = paths
