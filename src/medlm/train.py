@@ -17,6 +17,7 @@ import lightning.pytorch as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
@@ -108,7 +109,8 @@ def train(cfg: DictConfig) -> float | None:
     # a callback set to null on the command line (callbacks.samples=null) is switched off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg, resume_run_id))
-    record_run(trainer, cfg, output_dir, resumed=resume_run_id is not None)
+    if rank_zero_only.rank == 0:  # DDP: the other ranks run this too, and must not write records
+        record_run(trainer, cfg, output_dir, resumed=resume_run_id is not None)
 
     if cfg.get("train"):
         log.info("fitting%s", f", resuming from {ckpt_path}" if ckpt_path else "")
