@@ -1,6 +1,7 @@
-"""DDP for real: ``python -m medlm.train ... trainer.strategy=ddp trainer.devices=2`` on CPU (gloo), as a
-user runs it. Lightning's subprocess launcher starts rank 1 by running the same command again (with
-Hydra's run dir), so the test runs the command line in a subprocess and reads what each rank reports."""
+"""DDP for real: ``python -m medlm.train ... trainer.strategy=ddp trainer.devices=2`` on CPU (gloo),
+as a user runs it. Lightning's subprocess launcher starts rank 1 by running the same command again
+(with Hydra's run dir), so the test runs the command line in a subprocess and reads what each rank
+reports through the callbacks of tests/ddp_helpers.py."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def medlm_train(root: Path, overrides: list[str]) -> None:
-    """``python -m medlm.train`` with ``root`` as the project dir (mlruns/ there, the run in root/run)."""
+    """``python -m medlm.train`` with ``root`` as the project dir (mlruns/ there, the run in run/)."""
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
@@ -144,7 +145,7 @@ def test_two_ddp_ranks_equal_one_process_with_twice_the_batch(
 
 
 def test_a_ddp_run_resumes_mid_epoch_exactly(tmp_path: Path, shard_dir: Path) -> None:
-    """Two ranks, dropout on, killed before step 10 (last checkpoint: step 8, mid-epoch), resumed."""
+    """Two ranks, dropout on, killed before step 10 (last checkpoint: step 8, mid-epoch)."""
     args = [
         "data=shards",
         f"data.path={shard_dir}",
