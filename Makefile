@@ -33,9 +33,10 @@ train: install  ## the quickstart run (override anything: make train ARGS="exper
 test: install  ## the test suite; MEDLM_REQUIRE_SHARED_DATA=1 turns missing real data into failures
 	$(PY) -m pytest $(ARGS)
 
-bench: install  ## training tokens/s (Lightning vs a plain loop); generation tokens/s (vs transformers)
+bench: install  ## training tokens/s (Lightning vs a plain loop); generation tokens/s (vs transformers); shards
 	$(PY) benchmarks/bench_train.py $(ARGS)
 	$(PY) benchmarks/bench_generate.py --threads 1
+	$(PY) benchmarks/bench_shards.py
 
 ui: install  ## browse every run
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \

@@ -65,17 +65,37 @@ class ShardWindows(Dataset):
             self._arrays = [load_tokens(p) for p in self.paths]
         return self._arrays[shard]
 
-    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+    def locate(self, item: int | tuple[int, int]) -> tuple[int, int]:
+        """(shard, start) of an item."""
         if isinstance(item, tuple):
-            shard, start = item
-        else:
-            if not 0 <= item < len(self):
-                raise IndexError(f"window {item} out of range for {len(self)} windows")
-            shard = int(np.searchsorted(self.starts, item, side="right")) - 1
-            start = (item - int(self.starts[shard])) * self.block_size
-        window = self.tokens(shard)[start : start + self.block_size + 1]
-        x = torch.from_numpy(window.astype(np.int64))
+            return item
+        if not 0 <= item < len(self):
+            raise IndexError(f"window {item} out of range for {len(self)} windows")
+        shard = int(np.searchsorted(self.starts, item, side="right")) - 1
+        return shard, (item - int(self.starts[shard])) * self.block_size
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        shard, start = self.locate(item)
+        x = torch.from_numpy(
+            self.tokens(shard)[start : start + self.block_size + 1].astype(np.int64)
+        )
         return {"input_ids": x[:-1], "labels": x[1:]}  # (T,), (T,)
+
+    def __getitems__(self, items: list) -> dict[str, torch.Tensor]:
+        """A whole batch at once (the DataLoader calls this instead of ``__getitem__`` per item):
+        one copy out of the memory maps, no tensor per window; ``keep_batch`` is the collate."""
+        span = self.block_size + 1
+        out = np.empty((len(items), span), dtype=np.int64)
+        for row, item in enumerate(items):
+            shard, start = self.locate(item)
+            out[row] = self.tokens(shard)[start : start + span]
+        x = torch.from_numpy(out)
+        return {"input_ids": x[:, :-1], "labels": x[:, 1:]}  # (B, T), (B, T)
+
+
+def keep_batch(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The collate function of the shard loaders: ``ShardWindows.__getitems__`` made the batch."""
+    return batch
 
 
 class EpochOrder:
@@ -260,6 +280,7 @@ class ShardDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             sampler=sampler,
             drop_last=True,
+            collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             generator=torch.Generator(),
@@ -271,6 +292,7 @@ class ShardDataModule(L.LightningDataModule):
             self.val_dataset,
             batch_size=self.batch_size,
             shuffle=False,
+            collate_fn=keep_batch,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
