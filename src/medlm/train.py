@@ -21,6 +21,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
+from medlm.callbacks.resume_state import ResumeState
 from medlm.errors import ConfigError, MedlmError
 from medlm.utils.cli import user_errors
 from medlm.utils.io import atomic_write
@@ -110,6 +111,8 @@ def train(cfg: DictConfig) -> float | None:
     resume_run_id = run_id_file.read_text().strip() if ckpt_path and run_id_file.is_file() else None
     # a callback set to null on the command line (callbacks.samples=null) is switched off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    # always, and last: the random state and the loader's place in the epoch in every checkpoint
+    callbacks.append(ResumeState())
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg, resume_run_id))
     if rank_zero_only.rank == 0:  # DDP: the other ranks run this too, and must not write records
         record_run(trainer, cfg, output_dir, resumed=resume_run_id is not None)

@@ -14,6 +14,9 @@ training loaders' place in the epoch.
 
 Both are put back in ``on_train_start``: after Lightning has built the loaders and before the first
 resumed step, so that setup work in between cannot draw from the restored random state.
+``medlm-train`` adds this callback to every run (it is not a config choice: without it a resumed
+run silently replays its epoch from the start). Checkpoint key: ``callbacks["ResumeState"]`` with
+``random`` (torch, cuda, numpy, python) and ``loaders`` (each training loader's ``state_dict``).
 """
 
 from __future__ import annotations

@@ -241,6 +241,8 @@ def hub_source(
         import datasets
 
         where = f"hub {hub_id} ({split}{', ' + config if config else ''})"
+        if not spec.startswith("hub:"):  # it might have been meant as a local path
+            where = f"{where} (no local file or folder {spec} either)"
         try:
             rows = datasets.load_dataset(hub_id, config, split=split, streaming=True)
         except datasets.exceptions.DatasetNotFoundError as err:
