@@ -39,7 +39,7 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -
 
 def shard_overrides(shard_dir: Path) -> list[str]:
     return [
-        f"data=shards",
+        "data=shards",
         f"data.path={shard_dir}",
         "data.block_size=64",
         "data.batch_size=4",
