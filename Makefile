@@ -44,9 +44,10 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-bench: install  ## training tokens/s (Lightning vs a plain loop); generation tokens/s (vs transformers)
+bench: install  ## training tokens/s (Lightning vs a plain loop); generation tokens/s (vs transformers); shards
 	$(PY) benchmarks/bench_train.py $(ARGS)
 	$(PY) benchmarks/bench_generate.py --threads 1
+	$(PY) benchmarks/bench_shards.py
 
 ui: install  ## browse every run
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \

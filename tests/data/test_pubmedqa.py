@@ -171,14 +171,14 @@ def test_blocks_and_loaders(real_dm: PubMedQADataModule) -> None:
 
 @pytest.mark.shared_data
 def test_train_order_is_seeded_and_changes_per_epoch(real_dm: PubMedQADataModule) -> None:
-    loader = real_dm.train_dataloader()
-    loader.sampler.set_epoch(0)
-    epoch0 = list(loader.sampler)
-    loader.sampler.set_epoch(1)
-    epoch1 = list(loader.sampler)
+    order = real_dm.train_dataloader().batch_sampler.sampler  # the resumable loader batches this order
+    order.set_epoch(0)
+    epoch0 = list(order)
+    order.set_epoch(1)
+    epoch1 = list(order)
     assert epoch0 != epoch1 and sorted(epoch0) == list(range(len(real_dm.train_dataset)))
     fresh = real_dm.train_dataloader()
-    assert list(fresh.sampler) == epoch0
+    assert list(fresh.batch_sampler.sampler) == epoch0
     assert torch.equal(next(iter(real_dm.train_dataloader()))["input_ids"][0],
                        real_dm.train_dataset[epoch0[0]]["input_ids"])
 

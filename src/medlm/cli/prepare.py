@@ -60,7 +60,47 @@ def run_medquad(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_medquad]
+def add_shards(subparsers: argparse._SubParsersAction) -> None:
+    from medlm.data.shard_writer import DEFAULT_SHARD_TOKENS
+
+    p = subparsers.add_parser(
+        "shards",
+        help="documents (Hub dataset, JSONL/parquet/txt, PubMedQA, MedQuAD) -> token shards",
+        description="Tokenise documents into token shards for pre-training (medlm.data.shards): "
+        "each document is end-of-text + its tokens; the first shard (or --val-tokens) is the "
+        "validation split. A SOURCE is a Hub dataset id (HuggingFaceFW/fineweb-edu --hub-config "
+        "sample-10BT, streamed), a file, folder or glob of .jsonl/.parquet/.txt, pubmedqa:PATH or "
+        "medquad:PATH. Run it again on the same OUT_DIR to continue an interrupted preparation.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="one or more, read in order")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="where the shards and manifest.json go")
+    p.add_argument("--tokenizer", default="gpt2", help="gpt2 (default) or llama3:<tokenizer.model>")
+    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N",
+                   help="tokens per shard (default: %(default)s)")
+    p.add_argument("--val-tokens", type=int, default=None, metavar="N",
+                   help="tokens of the validation split (default: the first shard)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="tokenising processes (default: the cores)")
+    p.add_argument("--text-field", default="text", help="text field of JSONL/parquet/Hub rows")
+    p.add_argument("--hub-config", default=None, metavar="NAME", help="Hub config: sample-10BT")
+    p.add_argument("--hub-split", default="train", metavar="NAME", help="Hub split (train)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_shards)
+
+
+def run_shards(args: argparse.Namespace) -> int:
+    from medlm.data.shard_writer import prepare_shards
+
+    summary = prepare_shards(
+        args.sources, args.out_dir, tokenizer=args.tokenizer, shard_tokens=args.shard_tokens,
+        val_tokens=args.val_tokens, workers=args.workers, text_field=args.text_field,
+        hub_config=args.hub_config, hub_split=args.hub_split, progress=not args.no_progress,
+    )
+    print(summary.format())
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_medquad, add_shards]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,8 +14,10 @@ from pathlib import Path
 import hydra
 import lightning.pytorch as L
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
+from medlm.callbacks.resume_state import ResumeState
 from medlm.errors import ConfigError, MedlmError
 from medlm.utils.cli import CONFIG_DIR, run_hydra, user_errors
 from medlm.utils.tracking import RUN_ID_FILE, make_loggers, mlflow_loggers, record_run
@@ -61,8 +63,11 @@ def train(cfg: DictConfig) -> float | None:
     resume_run_id = run_id_file.read_text().strip() if ckpt_path and run_id_file.is_file() else None
     # a callback set to null on the command line (callbacks.samples=null) is switched off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    # always, and last: the random state and the loader's place in the epoch in every checkpoint
+    callbacks.append(ResumeState())
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg, resume_run_id))
-    record_run(trainer.loggers, cfg, output_dir, resumed=resume_run_id is not None)
+    if rank_zero_only.rank == 0:  # DDP: the other ranks run this too, and must not write records
+        record_run(trainer.loggers, cfg, output_dir, resumed=resume_run_id is not None)
 
     if cfg.get("train"):
         log.info("fitting%s", f", resuming from {ckpt_path}" if ckpt_path else "")

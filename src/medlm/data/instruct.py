@@ -45,6 +45,7 @@ from medlm.data.masked_examples import (
 )
 from medlm.data.alpaca import ALPACA_TEMPLATE, check_template, format_prompt
 from medlm.data.packing import EpochShuffleSampler
+from medlm.data.resume import resumable_loader
 from medlm.data.splits import seeded_split
 from medlm.data.sources import DATA_DIR_ENV, HubSource, LocalSource, RawRecord, Source, resolve_sources
 from medlm.data.tokenizer import load_tokenizer
@@ -418,6 +419,10 @@ class InstructionDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
         collate = None if self.packing else PadCollate(self.tokenizer.eot_id)
+        if shuffle:  # the training loader: its place in the epoch is part of the checkpoint
+            return resumable_loader(dataset, sampler, self.batch_size, collate_fn=collate,
+                                    num_workers=self.num_workers,
+                                    persistent_workers=self.num_workers > 0)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False, collate_fn=collate,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 

@@ -31,6 +31,7 @@ from medlm.data import packing
 from medlm.data.cache import TokenCache, cache_key
 from medlm.utils.checks import check_number, template_fields
 from medlm.data.packing import EpochShuffleSampler, PackedBlocks
+from medlm.data.resume import resumable_loader
 from medlm.data.tokenizer import load_tokenizer
 from medlm.data.splits import seeded_split
 from medlm.data.sources import HubSource, RawRecord, Source, resolve_source
@@ -453,7 +454,9 @@ class PubMedQADataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
-        return self._loader(self.train_dataset, EpochShuffleSampler(len(self.train_dataset), self.seed))
+        sampler = EpochShuffleSampler(len(self.train_dataset), self.seed)
+        return resumable_loader(self.train_dataset, sampler, self.batch_size, num_workers=self.num_workers,
+                                persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:

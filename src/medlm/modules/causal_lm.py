@@ -15,6 +15,7 @@ from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
 from medlm.models.kv_cache import document_causal_mask, document_positions
+from medlm.modules.metric_state import metric_sums, restore_metric_sums
 from medlm.modules.optimization import OptimizedModule
 
 IGNORE_INDEX = -100
@@ -81,6 +82,10 @@ class CausalLM(OptimizedModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["tokens_seen"] = self.tokens_seen
+        # the epoch's running train loss (all ranks): a mid-epoch resume logs the same epoch mean
+        checkpoint["train_loss_state"] = metric_sums(self.train_loss, self.trainer.strategy)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.tokens_seen = int(checkpoint.get("tokens_seen", 0))
+        if "train_loss_state" in checkpoint:
+            restore_metric_sums(self.train_loss, checkpoint["train_loss_state"], self.global_rank)

@@ -9,6 +9,7 @@ from typing import Any, Iterable
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, MLFlowLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -64,6 +65,8 @@ def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
     for lcfg in (cfg.get("logger") or {}).values():
         if lcfg is None:
             continue
+        if "MLFlowLogger" in lcfg._target_ and rank_zero_only.rank != 0:
+            continue  # DDP: only rank 0 logs, and the other ranks need not open the store at all
         extra = {"run_id": resume_run_id} if resume_run_id and "MLFlowLogger" in lcfg._target_ else {}
         loggers.append(instantiate(lcfg, **extra))
     return loggers
