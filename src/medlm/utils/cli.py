@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from medlm.errors import ConfigError, MedlmError
+from medlm.utils.slurm import register_resolvers
 
 USER_ERROR_EXIT = 2
 
@@ -32,6 +33,7 @@ CONFIG_DIR = find_config_dir()
 # its job dirs before Hydra's runtime config exists.
 if not OmegaConf.has_resolver("medlm.cwd"):
     OmegaConf.register_new_resolver("medlm.cwd", os.getcwd)
+register_resolvers()  # the launchers' GPU/task counts (conf/hydra/launcher/slurm.yaml, local.yaml)
 
 
 def find_user_error(exc: BaseException) -> MedlmError | None:
