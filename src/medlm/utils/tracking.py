@@ -10,6 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from medlm.utils.io import atomic_write
@@ -63,6 +64,10 @@ def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
     loggers = []
     for lcfg in (cfg.get("logger") or {}).values():
         if lcfg is None:
+            continue
+        # only rank 0 writes to MLflow; the ranks of a SLURM job start together, and each opening a
+        # new sqlite store would race to create its tables (rank from SLURM_PROCID/RANK at import)
+        if "MLFlowLogger" in lcfg._target_ and rank_zero_only.rank != 0:
             continue
         extra = {"run_id": resume_run_id} if resume_run_id and "MLFlowLogger" in lcfg._target_ else {}
         loggers.append(instantiate(lcfg, **extra))
