@@ -106,9 +106,10 @@ SlurmctldPidFile=$DIR/run/slurmctld.pid
 SlurmdPidFile=$DIR/run/slurmd.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd.log
-# no cgroups without systemd: processes are tracked through /proc
+# no cgroups without systemd: processes are tracked through /proc; each task is bound to its CPUs
+# (sched_setaffinity), so that torch starts one thread per allotted CPU
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+TaskPlugin=task/affinity
 MpiDefault=none
 # job states for sacct (submitit polls it) through slurmdbd
 AccountingStorageType=accounting_storage/slurmdbd

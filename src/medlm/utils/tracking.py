@@ -14,6 +14,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from medlm.utils.io import atomic_write
+from medlm.utils.mlflow_store import open_mlflow_logger
 
 # MLflow rejects longer param values; a longer one (a long template) is cut and marked
 MAX_PARAM_LENGTH = 6000
@@ -65,12 +66,13 @@ def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
     for lcfg in (cfg.get("logger") or {}).values():
         if lcfg is None:
             continue
-        # only rank 0 writes to MLflow; the ranks of a SLURM job start together, and each opening a
-        # new sqlite store would race to create its tables (rank from SLURM_PROCID/RANK at import)
-        if "MLFlowLogger" in lcfg._target_ and rank_zero_only.rank != 0:
+        if "MLFlowLogger" in lcfg._target_:
+            # only rank 0 writes to MLflow (its rank from SLURM_PROCID/RANK at import); jobs of a
+            # sweep that start together open the store one at a time
+            if rank_zero_only.rank == 0:
+                loggers.append(open_mlflow_logger(lcfg, resume_run_id))
             continue
-        extra = {"run_id": resume_run_id} if resume_run_id and "MLFlowLogger" in lcfg._target_ else {}
-        loggers.append(instantiate(lcfg, **extra))
+        loggers.append(instantiate(lcfg))
     return loggers
 
 
