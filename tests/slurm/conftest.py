@@ -25,7 +25,9 @@ DAEMONS = ("munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sbatch", "s
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slurm: runs jobs on the local SLURM of scripts/slurm_local.sh")
+    config.addinivalue_line(
+        "markers", "slurm: runs jobs on the local SLURM of scripts/slurm_local.sh"
+    )
 
 
 def _unavailable() -> str | None:
@@ -33,16 +35,23 @@ def _unavailable() -> str | None:
     path = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
     missing = [d for d in DAEMONS if shutil.which(d, path=path) is None]
     if missing:
-        return (f"SLURM packages not installed ({', '.join(missing)} missing): "
-                f"run '{SCRIPT.relative_to(SCRIPT.parents[1])} install' as root")
+        return (
+            f"SLURM packages not installed ({', '.join(missing)} missing): "
+            f"run '{SCRIPT.relative_to(SCRIPT.parents[1])} install' as root"
+        )
     if os.geteuid() != 0:
         return "the local SLURM runs its daemons as root: run these tests as root"
     return None
 
 
 def _run(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "MEDLM_SLURM_DIR": str(SLURM_DIR)})
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "MEDLM_SLURM_DIR": str(SLURM_DIR)},
+    )
 
 
 def _cancel_test_jobs() -> None:

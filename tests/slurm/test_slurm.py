@@ -1,6 +1,6 @@
-"""medlm-train on a real SLURM through ``hydra/launcher=slurm``, as a user submits from a login node:
-a job, a sweep, a 2-task DDP job over gloo, and jobs requeued mid-run that resume into the same
-MLflow run. The cluster is scripts/slurm_local.sh's (see conftest.py)."""
+"""medlm-train on a real SLURM through ``hydra/launcher=slurm``, as a user submits from a login
+node: a job, a sweep, a 2-task DDP job over gloo, and jobs requeued mid-run that resume into the
+same MLflow run. The cluster is scripts/slurm_local.sh's (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,22 +16,44 @@ import pytest
 from tests.helpers import mlflow_runs
 from tests.slurm.conftest import JOB_NAME
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.usefixtures("shared_data_dir", "slurm")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.slurm,
+    pytest.mark.usefixtures("shared_data_dir", "slurm"),
+]
 
 TRAIN_BIN = Path(sys.executable).parent / "medlm-train"
 # a tiny CPU run: 3 training steps and one validation
-TINY = ["experiment=quickstart", "data.batch_size=4", "data.block_size=64", "trainer.enable_progress_bar=false",
-        "callbacks.samples=null", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
-        "+trainer.limit_val_batches=2"]
+TINY = [
+    "experiment=quickstart",
+    "data.batch_size=4",
+    "data.block_size=64",
+    "trainer.enable_progress_bar=false",
+    "callbacks.samples=null",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+]
 SLURM = ["hydra/launcher=slurm", f"hydra.launcher.name={JOB_NAME}", "hydra.launcher.timeout_min=10"]
-DDP_CPU = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true"]
+DDP_CPU = [
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.precision=32-true",
+]
 
 
 def launch(root: Path, overrides: list[str]) -> subprocess.Popen:
     """``medlm-train -m hydra/launcher=slurm ...`` from ``root``: it waits for its jobs to end."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.Popen([str(TRAIN_BIN), "-m", *SLURM, *overrides], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [str(TRAIN_BIN), "-m", *SLURM, *overrides],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: int = 300) -> str:
@@ -57,8 +79,13 @@ def sacct_states(job: str, timeout: float = 60) -> list[str]:
     returns when the job's result is written, a moment before SLURM sees the job end."""
     deadline = time.monotonic() + timeout
     while True:
-        out = subprocess.run(["sacct", "-n", "-P", "-D", "-X", "-j", job, "-o", "State"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+        out = subprocess.run(
+            ["sacct", "-n", "-P", "-D", "-X", "-j", job, "-o", "State"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
         states = out.split()
         if states and states[-1] not in ("PENDING", "RUNNING", "COMPLETING", "REQUEUED"):
             return states
@@ -100,7 +127,9 @@ def test_a_two_job_sweep_leaves_two_runs(tmp_path: Path) -> None:
     assert all(sacct_states(job) == ["COMPLETED"] for job in jobs)
 
 
-def test_a_two_task_job_runs_ddp_over_gloo_and_both_ranks_see_the_slurm_world(tmp_path: Path) -> None:
+def test_a_two_task_job_runs_ddp_over_gloo_and_both_ranks_see_the_slurm_world(
+    tmp_path: Path,
+) -> None:
     finish(launch(tmp_path, [*TINY, *DDP_CPU]))
     [run] = mlflow_runs(tmp_path)  # rank 1 writes no MLflow run of its own
     assert run_statuses(tmp_path) == ["FINISHED"]
@@ -108,7 +137,9 @@ def test_a_two_task_job_runs_ddp_over_gloo_and_both_ranks_see_the_slurm_world(tm
     folder, job = submitit_dir(run), run["tags"]["slurm_job_id"]
     assert "#SBATCH --ntasks-per-node=2\n" in (folder / f"{job}_submission.sh").read_text()
     for rank in (0, 1):  # one srun task per rank, each with its own log
-        log = (folder / f"{job}_{rank}_log.out").read_text() + (folder / f"{job}_{rank}_log.err").read_text()
+        log = (folder / f"{job}_{rank}_log.out").read_text() + (
+            folder / f"{job}_{rank}_log.err"
+        ).read_text()
         assert f"SLURM job {job}: rank {rank} of world size 2 (SLURM_NTASKS=2)" in log, log[-2000:]
         assert f"GLOBAL_RANK: {rank}, MEMBER: {rank + 1}/2" in log  # Lightning's process group
     assert steps(run, "train/loss") == [0, 1, 2]
@@ -120,8 +151,11 @@ def wait_for_steps(root: Path, job_num: str, at_least: int, timeout: float = 180
     while time.monotonic() < deadline:
         try:
             for run in mlflow_runs(root):
-                if run["tags"].get("hydra_job_num") == job_num and "slurm_job_id" in run["tags"] \
-                        and len(steps(run, "train/loss")) >= at_least:
+                if (
+                    run["tags"].get("hydra_job_num") == job_num
+                    and "slurm_job_id" in run["tags"]
+                    and len(steps(run, "train/loss")) >= at_least
+                ):
                     return run["tags"]["slurm_job_id"]
         except sqlite3.OperationalError:  # the store does not exist yet, or is being written
             pass
@@ -134,8 +168,15 @@ def test_jobs_requeued_mid_run_resume_into_the_same_mlflow_run(tmp_path: Path) -
     requeue`` (SIGTERM) and job 2 is sent the requeue signal (``scancel --signal=USR1``, as before a
     time limit); job 0 runs through and is the reference: each requeued run logs the same steps,
     each once."""
-    proc = launch(tmp_path, [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=10",
-                             "optim.lr=1e-3,2e-3,3e-3"])
+    proc = launch(
+        tmp_path,
+        [
+            *TINY,
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=10",
+            "optim.lr=1e-3,2e-3,3e-3",
+        ],
+    )
     how = {"1": ["scontrol", "requeue"], "2": ["scancel", "--signal=USR1"]}
     jobs = {}
     for num, command in how.items():  # job 2 starts once a CPU is free (2 CPUs, 1 per job)

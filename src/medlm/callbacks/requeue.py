@@ -58,7 +58,7 @@ def _is_submitit_handler(handler: Any) -> bool:
 
 
 class RequeueOnSignal(L.Callback):
-    """Checkpoint at the next step boundary when SLURM signals the job, then requeue (see module doc).
+    """Checkpoint at the next step boundary when SLURM signals the job, then requeue (module doc).
 
     Does nothing outside a SLURM batch job. ``dirpath`` is where ``requeue.ckpt`` goes: the run's
     checkpoint dir, where the requeued job looks for it.
@@ -77,9 +77,14 @@ class RequeueOnSignal(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if slurm.in_batch_job():
-            log.info("SLURM job %s: rank %d of world size %d (SLURM_NTASKS=%s), restart %d",
-                     slurm.job_id(), trainer.global_rank, trainer.world_size,
-                     os.environ.get("SLURM_NTASKS"), slurm.restart_count())
+            log.info(
+                "SLURM job %s: rank %d of world size %d (SLURM_NTASKS=%s), restart %d",
+                slurm.job_id(),
+                trainer.global_rank,
+                trainer.world_size,
+                os.environ.get("SLURM_NTASKS"),
+                slurm.restart_count(),
+            )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not slurm.in_batch_job():
@@ -92,8 +97,10 @@ class RequeueOnSignal(L.Callback):
         self._record_job(trainer)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("received %s: checkpoint at the end of this step, then stop",
-                 signal.Signals(signum).name)
+        log.info(
+            "received %s: checkpoint at the end of this step, then stop",
+            signal.Signals(signum).name,
+        )
         self._asked = max(self._asked, TERMINATE if signum == signal.SIGTERM else REQUEUE)
 
     def _record_job(self, trainer: L.Trainer) -> None:
@@ -108,8 +115,14 @@ class RequeueOnSignal(L.Callback):
             if slurm.restart_count() > 0:
                 client.update_run(lg.run_id, status="RUNNING")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if not self._previous or self._stopping != NONE:
             return
         asked = self._asked
@@ -118,7 +131,7 @@ class RequeueOnSignal(L.Callback):
             asked = int(trainer.strategy.reduce(flag, reduce_op="max"))
         if asked == NONE:
             return
-        # a checkpoint saved here is one Lightning resumes after this step (RESTARTED_ON_TRAIN_BATCH_END)
+        # Lightning resumes a checkpoint saved here after this step (RESTARTED_ON_TRAIN_BATCH_END)
         if trainer.is_global_zero:
             with atomic_path(self.ckpt_path) as tmp:
                 trainer.save_checkpoint(tmp)
@@ -127,8 +140,9 @@ class RequeueOnSignal(L.Callback):
         log.info("saved %s at step %d", self.ckpt_path, trainer.global_step)
         self._stopping = asked
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._stopping != NONE:
             self._stop(trainer)
 
@@ -138,7 +152,8 @@ class RequeueOnSignal(L.Callback):
         self._restore_handlers()
         if self._stopping == REQUEUE and trainer.is_global_zero:
             if _is_submitit_handler(handler):
-                handler(requeue_signal, None)  # requeues the job and exits (or raises: not requeued)
+                # re-pickles the job, requeues it and exits; raises when it will not requeue
+                handler(requeue_signal, None)
             else:
                 slurm.requeue(slurm.job_id())
         log.info("stopping for the requeue; the job resumes from %s", self.ckpt_path)
@@ -151,8 +166,9 @@ class RequeueOnSignal(L.Callback):
         if self._active and trainer.is_global_zero:
             self.ckpt_path.unlink(missing_ok=True)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                     exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         self._restore_handlers()
 
     def _restore_handlers(self) -> None:

@@ -25,7 +25,7 @@ def sqlite_path(tracking_uri: str | None) -> Path | None:
     """The database file of a ``sqlite:///<path>`` tracking URI; None for any other store."""
     if not tracking_uri or not tracking_uri.startswith(SQLITE_PREFIX):
         return None
-    return Path(tracking_uri[len(SQLITE_PREFIX):])
+    return Path(tracking_uri[len(SQLITE_PREFIX) :])
 
 
 @contextmanager

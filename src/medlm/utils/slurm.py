@@ -36,7 +36,10 @@ def job_id() -> str | None:
 
 def in_batch_job() -> bool:
     """A SLURM batch job's task (not an salloc shell), where requeueing makes sense."""
-    return "SLURM_JOB_ID" in os.environ and os.environ.get("SLURM_JOB_NAME") not in INTERACTIVE_JOB_NAMES
+    return (
+        "SLURM_JOB_ID" in os.environ
+        and os.environ.get("SLURM_JOB_NAME") not in INTERACTIVE_JOB_NAMES
+    )
 
 
 def restart_count() -> int:
@@ -65,8 +68,9 @@ def requeue_signal() -> signal.Signals:
     try:
         return signal.Signals[f"SIG{JobEnvironment.USR_SIG}"]
     except KeyError:
-        raise ConfigError(f"SUBMITIT_PREEMPT_SIGNAL: {JobEnvironment.USR_SIG!r} is not a signal name "
-                          "(e.g. USR2)") from None
+        raise ConfigError(
+            f"SUBMITIT_PREEMPT_SIGNAL: {JobEnvironment.USR_SIG!r} is not a signal name (e.g. USR2)"
+        ) from None
 
 
 def requeue_signals() -> tuple[signal.Signals, ...]:
@@ -92,7 +96,9 @@ def _devices(devices: object) -> int | None:
     try:
         count = int(devices)
     except (TypeError, ValueError):
-        raise ConfigError(f"trainer.devices: {devices!r} is not a count, a list of ids or auto") from None
+        raise ConfigError(
+            f"trainer.devices: {devices!r} is not a count, a list of ids or auto"
+        ) from None
     if count < 1:
         raise ConfigError(f"trainer.devices: {count} devices cannot run a SLURM job")
     return count
@@ -119,20 +125,25 @@ def parse_gpus_per_node(sinfo: str, partition: str | None) -> int | None:
 def _partition_gpus(partition: str | None) -> int:
     where = f"partition {partition}" if partition else "the default partition"
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%P %G"], capture_output=True, text=True, timeout=30,
-                             check=True).stdout
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%P %G"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        raise ConfigError(f"trainer.devices: auto needs sinfo to count the GPUs of {where} ({exc}); "
-                          "set trainer.devices=<GPUs per node>") from None
+        raise ConfigError(
+            f"trainer.devices: auto needs sinfo to count the GPUs of {where} ({exc}); "
+            "set trainer.devices=<GPUs per node>"
+        ) from None
     count = parse_gpus_per_node(out, partition)
     if count is None:
-        raise ConfigError(f"trainer.devices: auto, but sinfo reports no single GPU count for {where}; "
-                          "set trainer.devices=<GPUs per node> (or hydra.launcher.partition)")
+        raise ConfigError(
+            f"trainer.devices: auto, but sinfo reports no single GPU count for {where}; "
+            "set trainer.devices=<GPUs per node> (or hydra.launcher.partition)"
+        )
     return count
 
 
 def gpus_per_node(accelerator: str, devices: object, partition: str | None) -> int | None:
-    """--gpus-per-node: trainer.devices for accelerator gpu (auto: the partition's GPUs), else none."""
+    """--gpus-per-node: trainer.devices with accelerator gpu (auto: the partition's), else none."""
     if accelerator not in ("gpu", "cuda"):
         return None
     count = _devices(devices)
@@ -167,9 +178,11 @@ def local_gpus(accelerator: str, devices: object) -> int:
 
 def register_resolvers() -> None:
     """``${medlm.slurm_*:...}`` and ``${medlm.local_gpus:...}`` for conf/hydra/launcher/."""
-    for name, fn in (("medlm.slurm_gpus_per_node", gpus_per_node),
-                     ("medlm.slurm_tasks_per_node", tasks_per_node),
-                     ("medlm.slurm_cpus_per_task", cpus_per_task),
-                     ("medlm.local_gpus", local_gpus)):
+    for name, fn in (
+        ("medlm.slurm_gpus_per_node", gpus_per_node),
+        ("medlm.slurm_tasks_per_node", tasks_per_node),
+        ("medlm.slurm_cpus_per_task", cpus_per_task),
+        ("medlm.local_gpus", local_gpus),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
