@@ -33,7 +33,6 @@ CONFIG_DIR = find_config_dir()
 # its job dirs before Hydra's runtime config exists.
 if not OmegaConf.has_resolver("medlm.cwd"):
     OmegaConf.register_new_resolver("medlm.cwd", os.getcwd)
-register_resolvers()  # the launchers' GPU/task counts (conf/hydra/launcher/slurm.yaml, local.yaml)
 
 
 def find_user_error(exc: BaseException) -> MedlmError | None:
@@ -60,6 +59,10 @@ def user_errors() -> Iterator[None]:
             raise
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)
+
+
+# the launchers' GPU/task counts (conf/hydra/launcher/*.yaml); a bad value is one error line
+register_resolvers(guard=user_errors)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

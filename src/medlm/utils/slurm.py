@@ -15,7 +15,9 @@ import os
 import re
 import signal
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any, Callable, ContextManager
 
 from omegaconf import OmegaConf
 
@@ -176,13 +178,26 @@ def local_gpus(accelerator: str, devices: object) -> int:
     return available if count is None else min(count, available)
 
 
-def register_resolvers() -> None:
-    """``${medlm.slurm_*:...}`` and ``${medlm.local_gpus:...}`` for conf/hydra/launcher/."""
-    for name, fn in (
-        ("medlm.slurm_gpus_per_node", gpus_per_node),
-        ("medlm.slurm_tasks_per_node", tasks_per_node),
-        ("medlm.slurm_cpus_per_task", cpus_per_task),
-        ("medlm.local_gpus", local_gpus),
-    ):
+def register_resolvers(guard: Callable[[], ContextManager] = nullcontext) -> None:
+    """``${medlm.slurm_*:...}`` and ``${medlm.local_gpus:...}`` for conf/hydra/launcher/.
+
+    Hydra resolves the launcher config outside the task function, where a ConfigError would come
+    out as a traceback; entry points pass ``guard=user_errors`` to make it one line and exit 2.
+    """
+
+    def guarded(fn: Callable) -> Callable:
+        def resolve(*args: Any) -> Any:
+            with guard():
+                return fn(*args)
+
+        return resolve
+
+    resolvers = {
+        "medlm.slurm_gpus_per_node": gpus_per_node,
+        "medlm.slurm_tasks_per_node": tasks_per_node,
+        "medlm.slurm_cpus_per_task": cpus_per_task,
+        "medlm.local_gpus": local_gpus,
+    }
+    for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, fn)
+            OmegaConf.register_new_resolver(name, guarded(fn))
