@@ -4,13 +4,14 @@ checkpoint: no SLURM needed (the jobs themselves run in test_slurm.py)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from medlm.utils import slurm
-from tests.helpers import compose_train
+from tests.helpers import compose_train, mlflow_runs
 
 RESOURCES = ("nodes", "gpus_per_node", "tasks_per_node", "cpus_per_task")
 
@@ -90,3 +91,20 @@ def test_an_array_task_is_requeued_by_its_array_id(monkeypatch) -> None:
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "11")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     assert slurm.job_id() == "11_1"
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("shared_data_dir")
+def test_the_local_launcher_runs_a_sweep_as_submitit_jobs(tmp_path: Path) -> None:
+    """Both jobs start at once, on a new MLflow store: they open it one at a time."""
+    from tests.slurm.test_slurm import TINY, TRAIN_BIN
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [str(TRAIN_BIN), "-m", "hydra/launcher=local", *TINY, "optim.lr=1e-4,3e-4"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = mlflow_runs(tmp_path)
+    assert sorted(r["params"]["optim.lr"] for r in runs) == ["0.0001", "0.0003"]
+    assert all([step for step, _ in r["metrics"]["train/loss"]] == [0, 1, 2] for r in runs)
+    [sweep_dir] = {r["tags"]["sweep_dir"] for r in runs}
+    assert len(list((Path(sweep_dir) / ".submitit").glob("*/*_result.pkl"))) == 2
