@@ -250,7 +250,20 @@ stop_pid() {
 
 cmd_down() {
   need_root down
-  # jobs still running are stopped with their node (slurmd kills its job steps on shutdown)
+  # slurmd leaves running job steps alive when it stops: cancel every job first (pending ones too,
+  # or they would start again at the next `up`) and give them KillWait to save and exit
+  local jobs i
+  if alive "$DIR/run/slurmctld.pid"; then
+    jobs=$(squeue -h -o %A 2>/dev/null || true)
+    if [ -n "$jobs" ]; then
+      # shellcheck disable=SC2086
+      scancel $jobs 2>/dev/null || true
+      for ((i = 0; i < 35 * 5; i++)); do
+        [ -z "$(squeue -h -o %A 2>/dev/null)" ] && break
+        sleep 0.2
+      done
+    fi
+  fi
   stop_pid "$DIR/run/slurmd.pid"
   stop_pid "$DIR/run/slurmctld.pid"
   stop_pid "$DIR/run/slurmdbd.pid"
