@@ -43,7 +43,7 @@ def test_every_config_file_is_tested() -> None:
 
 @pytest.mark.parametrize("option", GROUPS)
 def test_every_group_option_composes_and_resolves(option: str, tmp_path: Path) -> None:
-    group, name = option.removesuffix(".yaml").split("/", 1)
+    group, name = option.removesuffix(".yaml").rsplit("/", 1)  # hydra/launcher/slurm.yaml too
     overrides = [f"{group}={name}", *COMPANIONS.get(f"{group}/{name}", [])]
     if group in EVAL_GROUPS:
         cfg = compose_train(tmp_path, overrides, config_name="eval")

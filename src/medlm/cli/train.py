@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 from medlm.callbacks.resume_state import ResumeState
 from medlm.errors import ConfigError, MedlmError
 from medlm.utils.cli import CONFIG_DIR, run_hydra, user_errors
+from medlm.utils.slurm import requeued_checkpoint
 from medlm.utils.tracking import RUN_ID_FILE, make_loggers, mlflow_loggers, record_run
 
 log = logging.getLogger("medlm.train")
@@ -58,7 +59,8 @@ def train(cfg: DictConfig) -> float | None:
                          scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
                          _convert_="all")
 
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
+    # a requeued SLURM job resumes from the checkpoint it saved when it was signalled
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) or requeued_checkpoint(output_dir)
     run_id_file = output_dir / RUN_ID_FILE
     resume_run_id = run_id_file.read_text().strip() if ckpt_path and run_id_file.is_file() else None
     # a callback set to null on the command line (callbacks.samples=null) is switched off

@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from medlm.errors import ConfigError, MedlmError
+from medlm.utils.slurm import register_resolvers
 
 USER_ERROR_EXIT = 2
 
@@ -58,6 +59,10 @@ def user_errors() -> Iterator[None]:
             raise
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)
+
+
+# the launchers' GPU/task counts (conf/hydra/launcher/*.yaml); a bad value is one error line
+register_resolvers(guard=user_errors)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

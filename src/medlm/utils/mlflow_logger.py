@@ -1,19 +1,30 @@
-"""Lightning's MLflow logger, made safe to resume: no metric is logged twice at one step.
+"""The MLflow logger medlm runs with: opened safely when jobs start together, and safe to resume.
 
-A job killed after its last checkpoint has logged steps that the resumed run trains again. MLflow
-cannot delete metric points, so the resumed run skips a metric at a step the run already holds
-(the steps the killed job reached): its step axis continues without a repeat or a gap. With exact
-resume the skipped values equal the ones kept. The steps already logged are read once, when this
-process first logs; in a new run there are none.
+- Opening: MLflow creates a new sqlite store's tables, and the logger the run's experiment, when
+  they are first used; jobs that start together (a sweep on SLURM or submitit) raced on both and
+  failed ("table ... already exists", "Online migration expected to match one row"). Here one
+  process at a time opens a local store, holding an exclusive lock beside the database while the
+  store and the experiment are created (:func:`open_mlflow_logger`).
+- Resuming: a job killed after its last checkpoint has logged steps that the resumed run trains
+  again. MLflow cannot delete metric points, so the resumed run skips a metric at a step the run
+  already holds: its step axis continues without a repeat or a gap. With exact resume the skipped
+  values equal the ones kept. The steps already logged are read once, when this process first
+  logs; in a new run there are none (:class:`MLFlowLogger`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import fcntl
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 
+from hydra.utils import instantiate
 from lightning.fabric.utilities.logger import _add_prefix
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import MLFlowLogger as _LightningMLFlowLogger
+from mlflow import MlflowClient
+from omegaconf import DictConfig
 
 
 class MLFlowLogger(_LightningMLFlowLogger):
@@ -41,3 +52,44 @@ class MLFlowLogger(_LightningMLFlowLogger):
             if not metrics:
                 return
         super().log_metrics(metrics, step)
+
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def sqlite_path(tracking_uri: str | None) -> Path | None:
+    """The database file of a ``sqlite:///<path>`` tracking URI; None for any other store."""
+    if not tracking_uri or not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    return Path(tracking_uri[len(SQLITE_PREFIX) :])
+
+
+@contextmanager
+def store_lock(tracking_uri: str | None) -> Iterator[None]:
+    """An exclusive lock on ``<database>.lock`` while held; nothing for a tracking server."""
+    db = sqlite_path(tracking_uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_mlflow_logger(lcfg: DictConfig, run_id: str | None) -> _LightningMLFlowLogger:
+    """The configured MLflow logger (continuing run ``run_id`` when given), with its store's tables
+    and its experiment created one process at a time. The run itself is created when the logger is
+    first used, so that a run failing before then leaves none."""
+    extra = {"run_id": run_id} if run_id else {}
+    with store_lock(lcfg.get("tracking_uri")):
+        logger = instantiate(lcfg, **extra)  # opens the store: creates a new one's tables
+        name = lcfg.get("experiment_name")
+        if not run_id and name:
+            client = MlflowClient(lcfg.get("tracking_uri"))
+            if client.get_experiment_by_name(name) is None:
+                client.create_experiment(name, artifact_location=lcfg.get("artifact_location"))
+    return logger

@@ -9,11 +9,12 @@ from typing import Any, Iterable
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger, MLFlowLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from medlm.utils.io import atomic_write
+from medlm.utils.mlflow_logger import open_mlflow_logger
 
 # MLflow rejects longer param values; a longer one (a long template) is cut and marked
 MAX_PARAM_LENGTH = 6000
@@ -65,10 +66,13 @@ def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
     for lcfg in (cfg.get("logger") or {}).values():
         if lcfg is None:
             continue
-        if "MLFlowLogger" in lcfg._target_ and rank_zero_only.rank != 0:
-            continue  # DDP: only rank 0 logs, and the other ranks need not open the store at all
-        extra = {"run_id": resume_run_id} if resume_run_id and "MLFlowLogger" in lcfg._target_ else {}
-        loggers.append(instantiate(lcfg, **extra))
+        if "MLFlowLogger" in lcfg._target_:
+            # only rank 0 writes to MLflow (its rank from SLURM_PROCID/RANK at import); jobs of a
+            # sweep that start together open the store one at a time
+            if rank_zero_only.rank == 0:
+                loggers.append(open_mlflow_logger(lcfg, resume_run_id))
+            continue
+        loggers.append(instantiate(lcfg))
     return loggers
 
 
