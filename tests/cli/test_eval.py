@@ -22,8 +22,8 @@ from medlm.loading import load_model
 from medlm.models.checkpoint import load_network
 from medlm.models.gpt2 import GPT2, GPT2Config
 from tests.helpers import compose_train, mlflow_runs
-from tests.test_generate import write_medlm_ckpt
-from tests.test_lora_question_pairs import train_arm, write_pairs
+from tests.cli.test_generate import write_medlm_ckpt
+from tests.experiments.test_lora_question_pairs import train_arm, write_pairs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
 LIMIT = 9  # PubMedQA questions a test scores: evenly spread, so yes, no and maybe are among them

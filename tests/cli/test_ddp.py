@@ -1,7 +1,7 @@
 """DDP for real: ``python -m medlm.cli.train ... trainer.strategy=ddp trainer.devices=2`` on CPU (gloo),
 as a user runs it. Lightning's subprocess launcher starts rank 1 by running the same command again
 (with Hydra's run dir), so the test runs the command line in a subprocess and reads what each rank
-reports through the callbacks of tests/ddp_helpers.py."""
+reports through the callbacks of tests/cli/ddp_helpers.py."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from medlm.data.shard_writer import prepare_shards
 from tests.data.test_shards import make_docs, write_jsonl
 from tests.helpers import mlflow_runs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
@@ -60,7 +60,7 @@ def common(shard_dir: Path, report: Path) -> list[str]:
         "++trainer.limit_val_batches=2",
         "callbacks.samples=null",
         "trainer.enable_progress_bar=false",
-        "+callbacks.record._target_=tests.ddp_helpers.RecordBatches",
+        "+callbacks.record._target_=tests.cli.ddp_helpers.RecordBatches",
         f"+callbacks.record.path={report}",
     ]
 
@@ -76,7 +76,7 @@ def test_two_ddp_ranks_equal_one_process_with_twice_the_batch(
             "trainer.devices=2",
             "trainer.strategy=ddp",
             "data.batch_size=3",
-            "+callbacks.audit._target_=tests.ddp_helpers.AuditWrites",
+            "+callbacks.audit._target_=tests.cli.ddp_helpers.AuditWrites",
             f"+callbacks.audit.path={tmp_path / 'report_ddp'}",
             f"+callbacks.audit.watch={ddp}",
         ],

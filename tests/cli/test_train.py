@@ -21,16 +21,6 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("token_cache")
 
 
-@pytest.mark.parametrize("experiment", ["quickstart", "biomedgpt_pubmedqa"])
-def test_every_experiment_runs_fast_dev_run(experiment: str, tmp_path: Path, cache_dir: Path,
-                                            tiny_hf_gpt2: Path) -> None:
-    overrides = [f"experiment={experiment}", "debug=fdr", "trainer.accelerator=cpu", *SMALL]
-    if experiment == "biomedgpt_pubmedqa":  # offline: the tiny local HF model stands in for hub weights
-        overrides.append(f"model.pretrained={tiny_hf_gpt2}")
-    cfg = compose_train(tmp_path, overrides, cache_dir=cache_dir)
-    train(cfg)
-
-
 def test_biomedgpt_experiment_sets_the_recipe(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, ["experiment=biomedgpt_pubmedqa"])
     assert cfg.model._target_ == "medlm.models.gpt2.GPT2.from_pretrained" and cfg.model.pretrained == "gpt2"

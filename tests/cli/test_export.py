@@ -20,7 +20,7 @@ from medlm.models.classifier import SequenceClassifier
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2
 from medlm.models.llama import Llama, LlamaConfig
-from tests.test_generate import run_main, sharpen, tiny_gpt2, write_medlm_ckpt
+from tests.cli.test_generate import run_main, sharpen, tiny_gpt2, write_medlm_ckpt
 
 TOL = 1e-4
 IDS = torch.randint(0, 96, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -171,7 +171,7 @@ def test_classifier_checkpoints_go_to_the_classifier_exporter(tmp_path: Path, ca
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A classifier checkpoint is read once, its network rebuilt and handed to
     ``export_classifier(model, out_dir, merged, source)`` (tested with real files in
-    tests/test_lora_question_pairs.py)."""
+    tests/experiments/test_lora_question_pairs.py)."""
     calls = []
 
     def export_classifier(model, out_dir: Path, merged: bool, source: str) -> list[Path]:
