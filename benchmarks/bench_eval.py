@@ -34,7 +34,7 @@ def naive_seconds(model: GPT2, tokenizer, records, device: torch.device) -> floa
             prompt = tokenizer.encode(f"Question: {r.question}\nContext: {r.context}\nDecision:")
             for label in LABELS:
                 (answer,) = tokenizer.encode(" " + label)
-                ids = (prompt + [answer])[-model.config.block_size:]
+                ids = (prompt + [answer])[-model.config.block_size :]
                 logits = model(torch.tensor([ids], device=device))  # (1, T, vocab)
                 torch.log_softmax(logits[0, -2].float(), -1)[answer].item()
     return time.perf_counter() - start
@@ -48,38 +48,58 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="score the first N questions")
     parser.add_argument("--setting", default="reasoning_required")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda")
-    parser.add_argument("--naive", type=int, default=0, metavar="N",
-                        help="also time the plain way on N questions")
+    parser.add_argument(
+        "--naive", type=int, default=0, metavar="N", help="also time the plain way on N questions"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
-                          else "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     path = args.data_dir or os.path.join(os.environ.get("MEDLM_DATA_DIR", "."), "pubmedqa")
     dm = PubMedQADataModule(path=path)
-    records = dm.official_test_split()[:args.limit]
+    records = dm.official_test_split()[: args.limit]
     torch.manual_seed(0)
     model = GPT2(GPT2Config()).to(device).eval()  # GPT-2 124M, random weights
-    n_prompt = sum(len(dm.tokenizer.encode(f"Question: {r.question}\nContext: {r.context}\n"
-                                           "Decision:")) for r in records)
-    print(f"GPT-2 124M ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters), {device}, "
-          f"{torch.get_num_threads()} threads, {len(records)} questions, {n_prompt:,} prompt "
-          f"tokens, batch size {args.batch_size}, {args.setting}")
+    n_prompt = sum(
+        len(dm.tokenizer.encode(f"Question: {r.question}\nContext: {r.context}\nDecision:"))
+        for r in records
+    )
+    print(
+        f"GPT-2 124M ({model.num_params(non_embedding=False) / 1e6:.1f}M parameters), {device}, "
+        f"{torch.get_num_threads()} threads, {len(records)} questions, {n_prompt:,} prompt "
+        f"tokens, batch size {args.batch_size}, {args.setting}"
+    )
 
     start = time.perf_counter()
-    result = score_pubmedqa(model, dm.tokenizer, records, setting=args.setting,
-                            batch_size=args.batch_size, device=device)
+    result = score_pubmedqa(
+        model,
+        dm.tokenizer,
+        records,
+        setting=args.setting,
+        batch_size=args.batch_size,
+        device=device,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    print(f"scored {len(records)} questions in {seconds:.1f} s: {len(records) / seconds:.2f} "
-          f"questions/s, {n_prompt / seconds:,.0f} tokens/s (acc {result.metrics['acc']:.3f} "
-          f"with random weights; majority baseline {result.baseline['acc']:.3f})")
+    print(
+        f"scored {len(records)} questions in {seconds:.1f} s: {len(records) / seconds:.2f} "
+        f"questions/s, {n_prompt / seconds:,.0f} tokens/s (acc {result.metrics['acc']:.3f} "
+        f"with random weights; majority baseline {result.baseline['acc']:.3f})"
+    )
     if args.naive:
-        subset = records[:args.naive]
+        subset = records[: args.naive]
         naive = naive_seconds(model, dm.tokenizer, subset, device)
-        print(f"plain way (3 passes per question, full logits): {len(subset)} questions in "
-              f"{naive:.1f} s: {len(subset) / naive:.2f} questions/s")
+        print(
+            f"plain way (3 passes per question, full logits): {len(subset)} questions in "
+            f"{naive:.1f} s: {len(subset) / naive:.2f} questions/s"
+        )
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -27,8 +27,10 @@ from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2
 from medlm.models.llama import Llama
 
-PROMPT = ("Question: Do preoperative statins reduce atrial fibrillation after coronary artery bypass grafting? "
-          "Context: Atrial fibrillation is a common complication after cardiac surgery and prolongs hospital stay.")
+PROMPT = (
+    "Question: Do preoperative statins reduce atrial fibrillation after coronary artery bypass grafting? "
+    "Context: Atrial fibrillation is a common complication after cardiac surgery and prolongs hospital stay."
+)
 
 
 def build_models(name: str, directory: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -38,10 +40,22 @@ def build_models(name: str, directory: Path) -> tuple[torch.nn.Module, torch.nn.
     torch.manual_seed(0)
     if name == "gpt2":  # GPT-2 small, 124M
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())
-    elif name == "llama":  # 12 layers of 768, 12 query / 4 key-value heads, SwiGLU 2048, untied: 153M
-        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-            vocab_size=50257, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-            num_key_value_heads=4, max_position_embeddings=1024, rope_theta=10000.0, tie_word_embeddings=False))
+    elif (
+        name == "llama"
+    ):  # 12 layers of 768, 12 query / 4 key-value heads, SwiGLU 2048, untied: 153M
+        hf = transformers.LlamaForCausalLM(
+            transformers.LlamaConfig(
+                vocab_size=50257,
+                hidden_size=768,
+                intermediate_size=2048,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                num_key_value_heads=4,
+                max_position_embeddings=1024,
+                rope_theta=10000.0,
+                tie_word_embeddings=False,
+            )
+        )
     else:
         raise SystemExit(f"error: unknown model {name!r} (gpt2, llama)")
     hf.save_pretrained(directory / name)
@@ -57,7 +71,7 @@ def timed(fn: Callable[[], list[list[int]]]) -> tuple[float, list[list[int]]]:
 
 def bench(name: str, args: argparse.Namespace, directory: Path) -> dict:
     ours, hf = build_models(name, directory)
-    prompt = load_tokenizer("gpt2").encode(PROMPT)[:args.prompt_tokens]
+    prompt = load_tokenizer("gpt2").encode(PROMPT)[: args.prompt_tokens]
     prompts = [prompt] * args.batch_size
     n = args.new_tokens
     ids = torch.tensor(prompts)
@@ -67,9 +81,16 @@ def bench(name: str, args: argparse.Namespace, directory: Path) -> dict:
         return lambda: generate(ours, prompts, n, temperature=0, use_cache=use_cache)
 
     def transformers_generate() -> list[list[int]]:
-        out = hf.generate(ids, attention_mask=mask, do_sample=False, use_cache=True, max_new_tokens=n,
-                          min_new_tokens=n, pad_token_id=0)
-        return out[:, ids.size(1):].tolist()
+        out = hf.generate(
+            ids,
+            attention_mask=mask,
+            do_sample=False,
+            use_cache=True,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            pad_token_id=0,
+        )
+        return out[:, ids.size(1) :].tolist()
 
     ways = {"medlm, KV cache": medlm(True), "transformers generate": transformers_generate}
     if not args.skip_no_cache:
@@ -77,7 +98,10 @@ def bench(name: str, args: argparse.Namespace, directory: Path) -> dict:
     times: dict[str, list[float]] = {w: [] for w in ways}
     outputs: dict[str, list[list[int]]] = {}
     with torch.inference_mode():
-        for way in ("medlm, KV cache", "transformers generate"):  # warm-up; no cache runs the same code
+        for way in (
+            "medlm, KV cache",
+            "transformers generate",
+        ):  # warm-up; no cache runs the same code
             ways[way]()
         for _ in range(args.repeats):
             for way, fn in ways.items():
@@ -85,10 +109,14 @@ def bench(name: str, args: argparse.Namespace, directory: Path) -> dict:
                 times[way].append(seconds)
                 outputs.setdefault(way, out)
     tokens = args.batch_size * n
-    return {"model": name, "params": sum(p.numel() for p in hf.parameters()),
-            "tok_s": {w: tokens / statistics.median(t) for w, t in times.items()},
-            "same_tokens": outputs["medlm, KV cache"] == outputs["transformers generate"],
-            "cache_equals_no_cache": outputs.get("medlm, no cache", outputs["medlm, KV cache"]) == outputs["medlm, KV cache"]}
+    return {
+        "model": name,
+        "params": sum(p.numel() for p in hf.parameters()),
+        "tok_s": {w: tokens / statistics.median(t) for w, t in times.items()},
+        "same_tokens": outputs["medlm, KV cache"] == outputs["transformers generate"],
+        "cache_equals_no_cache": outputs.get("medlm, no cache", outputs["medlm, KV cache"])
+        == outputs["medlm, KV cache"],
+    }
 
 
 def main() -> None:
@@ -98,29 +126,39 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="torch CPU threads for both libraries (default: torch's, one per core)")
-    p.add_argument("--skip-no-cache", action="store_true", help="leave out the slow run without a KV cache")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch CPU threads for both libraries (default: torch's, one per core)",
+    )
+    p.add_argument(
+        "--skip-no-cache", action="store_true", help="leave out the slow run without a KV cache"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
 
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s), "
-          f"batch {args.batch_size}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, "
-          f"float32, median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s), "
+        f"batch {args.batch_size}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, "
+        f"float32, median of {args.repeats}"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             rows.append(bench(name.strip(), args, Path(tmp)))
-    print(f"\n| model | way | tokens/s | vs transformers |\n|---|---|---:|---:|")
+    print("\n| model | way | tokens/s | vs transformers |\n|---|---|---:|---:|")
     for r in rows:
         ref = r["tok_s"]["transformers generate"]
         label = f"{r['model']} ({r['params'] / 1e6:.0f}M)"
         for way, tok_s in r["tok_s"].items():
             print(f"| {label} | {way} | {tok_s:.1f} | {tok_s / ref:.2f}x |")
     for r in rows:
-        print(f"{r['model']}: greedy tokens of medlm (cache) and transformers identical: {r['same_tokens']}; "
-              f"medlm cache == no cache: {r['cache_equals_no_cache']}")
+        print(
+            f"{r['model']}: greedy tokens of medlm (cache) and transformers identical: {r['same_tokens']}; "
+            f"medlm cache == no cache: {r['cache_equals_no_cache']}"
+        )
 
 
 if __name__ == "__main__":

@@ -47,18 +47,35 @@ def make_net(args: argparse.Namespace) -> GPT2:
 
 
 def optimizer_factory(args: argparse.Namespace):
-    return partial(torch.optim.AdamW, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1,
-                   fused=True if args.device == "cuda" else None)
+    return partial(
+        torch.optim.AdamW,
+        lr=3e-3,
+        betas=(0.9, 0.95),
+        weight_decay=0.1,
+        fused=True if args.device == "cuda" else None,
+    )
 
 
 def lightning_run(args: argparse.Namespace, dm: PubMedQADataModule) -> float:
-    module = CausalLM(make_net(args), optimizer_factory(args),
-                      partial(warmup_cosine, warmup_steps=10, min_lr_ratio=0.1))
+    module = CausalLM(
+        make_net(args),
+        optimizer_factory(args),
+        partial(warmup_cosine, warmup_steps=10, min_lr_ratio=0.1),
+    )
     timer = StepTimer(args.warmup)
-    trainer = L.Trainer(accelerator=args.device, devices=1, precision=args.precision,
-                        max_steps=args.warmup + args.steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        gradient_clip_val=1.0, callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator=args.device,
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        callbacks=[timer],
+    )
     trainer.fit(module, datamodule=dm)
     return args.steps * args.batch_size * args.block_size / (timer.end - timer.start)
 
@@ -67,11 +84,15 @@ def plain_run(args: argparse.Namespace, dm: PubMedQADataModule) -> float:
     device = torch.device(args.device)
     net = make_net(args).to(device)
     params = [p for p in net.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2]},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2]},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
     optimizer = optimizer_factory(args)(groups)
     scheduler = warmup_cosine(optimizer, total_steps=args.warmup + args.steps, warmup_steps=10)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed")
+    autocast = torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"
+    )
     net.train()
     start = 0.0
     for step, batch in enumerate(dm.train_dataloader()):
@@ -94,7 +115,9 @@ def plain_run(args: argparse.Namespace, dm: PubMedQADataModule) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=3)
@@ -114,12 +137,16 @@ def main() -> None:
         results["plain"].append(plain_run(args, dm))
         results["lightning"].append(lightning_run(args, dm))
     lit, plain = statistics.median(results["lightning"]), statistics.median(results["plain"])
-    print(f"\ntraining throughput: gpt2_tiny, block {args.block_size}, batch {args.batch_size}, "
-          f"{args.device}, {args.precision}, {torch.get_num_threads()} threads, "
-          f"{args.steps} timed steps x {args.repeats} repeats (median)")
+    print(
+        f"\ntraining throughput: gpt2_tiny, block {args.block_size}, batch {args.batch_size}, "
+        f"{args.device}, {args.precision}, {torch.get_num_threads()} threads, "
+        f"{args.steps} timed steps x {args.repeats} repeats (median)"
+    )
     print(f"{'path':<12}{'tokens/s':>12}   runs")
     for name, runs in results.items():
-        print(f"{name:<12}{statistics.median(runs):>12,.0f}   " + ", ".join(f"{r:,.0f}" for r in runs))
+        print(
+            f"{name:<12}{statistics.median(runs):>12,.0f}   " + ", ".join(f"{r:,.0f}" for r in runs)
+        )
     print(f"{'ratio':<12}{lit / plain:>12.3f}   lightning / plain")
 
 

@@ -14,16 +14,24 @@ SHARED = REPO.parent / "shared"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--require-shared-data", action="store_true",
-                     help="fail, instead of skipping, tests whose real data files are missing")
+    parser.addoption(
+        "--require-shared-data",
+        action="store_true",
+        help="fail, instead of skipping, tests whose real data files are missing",
+    )
 
 
 def _require(request: pytest.FixtureRequest, path: Path, what: str) -> Path:
     if path.exists():
         return path
     msg = f"{what} not found at {path}"
-    if request.config.getoption("--require-shared-data") or os.environ.get("MEDLM_REQUIRE_SHARED_DATA") == "1":
-        pytest.fail(msg + " (real data is required: --require-shared-data / MEDLM_REQUIRE_SHARED_DATA=1)")
+    if (
+        request.config.getoption("--require-shared-data")
+        or os.environ.get("MEDLM_REQUIRE_SHARED_DATA") == "1"
+    ):
+        pytest.fail(
+            msg + " (real data is required: --require-shared-data / MEDLM_REQUIRE_SHARED_DATA=1)"
+        )
     pytest.skip(msg)
 
 
@@ -51,9 +59,8 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_hf_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random GPT-2 saved by transformers: the offline stand-in for hub weights."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny_hf_gpt2")

@@ -13,8 +13,13 @@ from omegaconf import DictConfig, open_dict
 from medlm.utils.cli import CONFIG_DIR
 
 
-def compose_train(root: Path, overrides: list[str], output_dir: Path | None = None,
-                  cache_dir: Path | None = None, config_name: str = "train") -> DictConfig:
+def compose_train(
+    root: Path,
+    overrides: list[str],
+    output_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    config_name: str = "train",
+) -> DictConfig:
     """The ``train`` config (or ``config_name``) with ``root`` as the project dir (mlruns/, logs/ go there).
 
     MLflow's ``set_tracking_uri`` exports MLFLOW_TRACKING_URI into this process, which would send
@@ -22,7 +27,9 @@ def compose_train(root: Path, overrides: list[str], output_dir: Path | None = No
     """
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name, overrides=[*overrides, f"paths.root_dir={root}"], return_hydra_config=True)
+        cfg = compose(
+            config_name, overrides=[*overrides, f"paths.root_dir={root}"], return_hydra_config=True
+        )
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir or root / "run")
         cfg.hydra.job.num = 0
@@ -41,7 +48,8 @@ def mlflow_runs(root: Path) -> list[dict]:
         tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid=?", (run_id,)))
         metrics: dict[str, list[tuple[int, float]]] = {}
         for key, step, value in con.execute(
-                "SELECT key, step, value FROM metrics WHERE run_uuid=? ORDER BY step", (run_id,)):
+            "SELECT key, step, value FROM metrics WHERE run_uuid=? ORDER BY step", (run_id,)
+        ):
             metrics.setdefault(key, []).append((step, value))
         runs.append({"run_id": run_id, "params": params, "tags": tags, "metrics": metrics})
     con.close()

@@ -33,7 +33,12 @@ COMPANIONS = {
     "module/classifier": ["model=gpt2_lora_classifier", "data=question_pairs"],
 }
 # the local stand-ins for what an experiment would download: a tiny GPT-2 saved by transformers
-NEEDS_WEIGHTS = {"biomedgpt_pubmedqa", "lora_question_pairs", "linear_probe_question_pairs", "lora_pubmedqa"}
+NEEDS_WEIGHTS = {
+    "biomedgpt_pubmedqa",
+    "lora_question_pairs",
+    "linear_probe_question_pairs",
+    "lora_pubmedqa",
+}
 
 
 def test_every_config_file_is_tested() -> None:
@@ -57,14 +62,23 @@ def test_every_group_option_composes_and_resolves(option: str, tmp_path: Path) -
 def test_no_experiment_means_each_group_file_speaks_for_itself(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, ["data=helpsteer"])
     helpsteer = OmegaConf.load(CONF / "data" / "helpsteer.yaml")
-    assert (cfg.data.block_size, cfg.data.batch_size) == (helpsteer.block_size, helpsteer.batch_size)
+    assert (cfg.data.block_size, cfg.data.batch_size) == (
+        helpsteer.block_size,
+        helpsteer.batch_size,
+    )
     assert cfg.task_name == "train" and "limit_train_batches" not in cfg.trainer
-    assert cfg.model.config.block_size == cfg.data.block_size  # the model's context follows the data
+    assert (
+        cfg.model.config.block_size == cfg.data.block_size
+    )  # the model's context follows the data
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_fast_dev_run(
-    experiment: str, tmp_path: Path, shared_data_dir: Path, tiny_hf_gpt2: Path, token_cache_dir: Path
+    experiment: str,
+    tmp_path: Path,
+    shared_data_dir: Path,
+    tiny_hf_gpt2: Path,
+    token_cache_dir: Path,
 ) -> None:
     overrides = [
         f"experiment={experiment}",
@@ -78,4 +92,3 @@ def test_every_experiment_runs_fast_dev_run(
     if experiment in NEEDS_WEIGHTS:
         overrides.append(f"model.pretrained={tiny_hf_gpt2}")
     train(compose_train(tmp_path, overrides))
-

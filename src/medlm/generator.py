@@ -13,8 +13,8 @@ tokenizer is found beside it (:mod:`medlm.loading`). Decoding, sampling and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from medlm.data.tokenizer import Tokenizer
 from medlm.errors import ConfigError
 from medlm.loading import load_model
 from medlm.models.generation import generate
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -37,8 +38,9 @@ class _RowText:
     the text), streamed through ``on_text`` without ever taking back what was sent: the tail that
     could still begin a stop string, or be half of a UTF-8 character (U+FFFD), waits."""
 
-    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str],
-                 on_text: Callable[[str], None] | None) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, stops: Sequence[str], on_text: Callable[[str], None] | None
+    ) -> None:
         self.tokenizer, self.stops, self.on_text = tokenizer, stops, on_text
         self.ids: list[int] = []
         self.text = ""
@@ -55,7 +57,7 @@ class _RowText:
         self.text = self.tokenizer.decode(self.ids)
         cuts = [i for i in (self.text.find(s) for s in self.stops) if i >= 0]
         if cuts:
-            self.text = self.text[:min(cuts)]
+            self.text = self.text[: min(cuts)]
             self.finish()
         else:
             self._send(self._safe_end())
@@ -77,7 +79,7 @@ class _RowText:
 
     def _send(self, end: int) -> None:
         if self.on_text is not None and end > self.sent:
-            self.on_text(self.text[self.sent:end])
+            self.on_text(self.text[self.sent : end])
         self.sent = max(self.sent, end)
 
 
@@ -92,14 +94,22 @@ class _AllRowsDone(Exception):
 class Generator:
     """A model and its tokenizer, with Meta's ``text_completion`` on top of medlm's ``generate``."""
 
-    def __init__(self, model: nn.Module, tokenizer: Tokenizer, max_seq_len: int, max_batch_size: int,
-                 seed: int = 1) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Tokenizer,
+        max_seq_len: int,
+        max_batch_size: int,
+        seed: int = 1,
+    ) -> None:
         context = model.config.block_size
         for key, value in (("max_seq_len", max_seq_len), ("max_batch_size", max_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{key}: {value!r} is not a positive integer")
         if max_seq_len > context:
-            raise ConfigError(f"max_seq_len: {max_seq_len} exceeds the model's context of {context} tokens")
+            raise ConfigError(
+                f"max_seq_len: {max_seq_len} exceeds the model's context of {context} tokens"
+            )
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
@@ -107,9 +117,17 @@ class Generator:
         self._rng = torch.Generator().manual_seed(seed)  # one seed per call, drawn from here
 
     @classmethod
-    def build(cls, ckpt_dir: str | Path, tokenizer_path: str | Path | None, max_seq_len: int | None,
-              max_batch_size: int, seed: int = 1, *, device: str | torch.device | None = None,
-              dtype: torch.dtype | None = None) -> Generator:
+    def build(
+        cls,
+        ckpt_dir: str | Path,
+        tokenizer_path: str | Path | None,
+        max_seq_len: int | None,
+        max_batch_size: int,
+        seed: int = 1,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> Generator:
         """Load ``ckpt_dir`` (a Meta or Hugging Face directory, or a medlm ``.ckpt``) and its tokenizer
         (``tokenizer_path``; None: the one beside the weights, or the checkpoint's own).
 
@@ -120,7 +138,9 @@ class Generator:
         try:
             device = torch.device(device) if device is not None else default_device()
         except (RuntimeError, TypeError):
-            raise ConfigError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+            raise ConfigError(
+                f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+            ) from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"device: {device} was asked for, but torch sees no CUDA GPU here")
         loaded = load_model(ckpt_dir, tokenizer_path, causal_lm=True)
@@ -129,13 +149,27 @@ class Generator:
             bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
             dtype = torch.bfloat16 if bf16 else torch.float32
         model.to(device=device, dtype=dtype)
-        return cls(model, tokenizer, model.config.block_size if max_seq_len is None else max_seq_len,
-                   max_batch_size, seed)
+        return cls(
+            model,
+            tokenizer,
+            model.config.block_size if max_seq_len is None else max_seq_len,
+            max_batch_size,
+            seed,
+        )
 
-    def text_completion(self, prompts: Sequence[str], temperature: float = 0.6, top_p: float = 0.9,
-                        max_gen_len: int | None = None, echo: bool = False, *, top_k: int | None = None,
-                        stop: Sequence[str] = (), use_cache: bool = True,
-                        on_text: Callable[[int, str], None] | None = None) -> list[dict[str, str]]:
+    def text_completion(
+        self,
+        prompts: Sequence[str],
+        temperature: float = 0.6,
+        top_p: float = 0.9,
+        max_gen_len: int | None = None,
+        echo: bool = False,
+        *,
+        top_k: int | None = None,
+        stop: Sequence[str] = (),
+        use_cache: bool = True,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> list[dict[str, str]]:
         """Continue each prompt; ``[{"generation": text}]`` in prompt order, as Meta's reference.
 
         ``temperature`` 0 is greedy; ``top_p`` (and ``top_k``) filter what is sampled.
@@ -147,9 +181,14 @@ class Generator:
         prompts = list(prompts)
         self._check_settings(prompts, temperature, top_p, top_k, stop)
         ids, max_gen_len = self.encode_prompts(prompts, max_gen_len)
-        rows = [_RowText(self.tokenizer, [s for s in stop if s],
-                         None if on_text is None else (lambda piece, b=b: on_text(b, piece)))
-                for b in range(len(ids))]
+        rows = [
+            _RowText(
+                self.tokenizer,
+                [s for s in stop if s],
+                None if on_text is None else (lambda piece, b=b: on_text(b, piece)),
+            )
+            for b in range(len(ids))
+        ]
 
         def on_token(row: int, token: int) -> None:
             rows[row].add(token)
@@ -158,9 +197,18 @@ class Generator:
 
         seed = int(torch.randint(0, 2**62, (1,), generator=self._rng))
         try:
-            generate(self.model, ids, max_gen_len, temperature=temperature, top_k=top_k, top_p=top_p,
-                     stop_sequences=[[t] for t in self.tokenizer.stop_ids], seed=seed, use_cache=use_cache,
-                     on_token=on_token)
+            generate(
+                self.model,
+                ids,
+                max_gen_len,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                stop_sequences=[[t] for t in self.tokenizer.stop_ids],
+                seed=seed,
+                use_cache=use_cache,
+                on_token=on_token,
+            )
         except _AllRowsDone:
             pass
         for row in rows:
@@ -168,7 +216,9 @@ class Generator:
         prefix = [self.tokenizer.decode(p) if echo else "" for p in ids]
         return [{"generation": pre + row.text} for pre, row in zip(prefix, rows)]
 
-    def encode_prompts(self, prompts: Sequence[str], max_gen_len: int | None) -> tuple[list[list[int]], int]:
+    def encode_prompts(
+        self, prompts: Sequence[str], max_gen_len: int | None
+    ) -> tuple[list[list[int]], int]:
         """The prompts' tokens and the number of tokens to generate (None: what max_seq_len leaves after
         the longest prompt); a prompt that does not fit with them is a ConfigError that names it.
         Checks any number of prompts, e.g. all the batches of a run before the first one starts."""
@@ -182,25 +232,42 @@ class Generator:
         if max_gen_len is None:
             max_gen_len = self.max_seq_len - n
             if max_gen_len < 1:
-                raise ConfigError(f"prompt {longest} has {n} tokens, which leaves no room to generate within "
-                                  f"max_seq_len {self.max_seq_len}")
+                raise ConfigError(
+                    f"prompt {longest} has {n} tokens, which leaves no room to generate within "
+                    f"max_seq_len {self.max_seq_len}"
+                )
         if isinstance(max_gen_len, bool) or not isinstance(max_gen_len, int) or max_gen_len < 0:
             raise ConfigError(f"max_gen_len: {max_gen_len!r} is not a non-negative integer")
         if n + max_gen_len > self.max_seq_len:
-            raise ConfigError(f"prompt {longest} has {n} tokens; with max_gen_len {max_gen_len} that is "
-                              f"{n + max_gen_len} > max_seq_len {self.max_seq_len}")
+            raise ConfigError(
+                f"prompt {longest} has {n} tokens; with max_gen_len {max_gen_len} that is "
+                f"{n + max_gen_len} > max_seq_len {self.max_seq_len}"
+            )
         return ids, max_gen_len
 
-    def _check_settings(self, prompts: list[str], temperature: float, top_p: float | None,
-                        top_k: int | None, stop: Sequence[str]) -> None:
+    def _check_settings(
+        self,
+        prompts: list[str],
+        temperature: float,
+        top_p: float | None,
+        top_k: int | None,
+        stop: Sequence[str],
+    ) -> None:
         if len(prompts) > self.max_batch_size:
             raise ConfigError(f"{len(prompts)} prompts > max_batch_size {self.max_batch_size}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+        if (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, (int, float))
+            or temperature < 0
+        ):
             raise ConfigError(f"temperature: {temperature!r} is not a number >= 0 (0 is greedy)")
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                                  or not 0 < top_p <= 1):
+        if top_p is not None and (
+            isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1
+        ):
             raise ConfigError(f"top_p: {top_p!r} is not in (0, 1]")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        if top_k is not None and (
+            isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1
+        ):
             raise ConfigError(f"top_k: {top_k!r} is not a positive integer")
         if isinstance(stop, str) or not all(isinstance(s, str) for s in stop):
             raise ConfigError("stop: expected a list of strings")

@@ -15,7 +15,12 @@ from typing import Any
 
 from torch import nn
 
-from medlm.data.tokenizer import Tokenizer, find_tokenizer_model, load_tokenizer, tokenizer_for_model_dir
+from medlm.data.tokenizer import (
+    Tokenizer,
+    find_tokenizer_model,
+    load_tokenizer,
+    tokenizer_for_model_dir,
+)
 from medlm.errors import ConfigError, MedlmError
 from medlm.models.checkpoint import load_network, network_from_checkpoint, read_checkpoint
 from medlm.models.gpt2 import GPT2
@@ -47,7 +52,9 @@ def checkpoint_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:
     return load_tokenizer(spec if isinstance(spec, str) and spec else "gpt2")
 
 
-def load_model(source: str | Path, tokenizer: str | Path | None = None, causal_lm: bool = False) -> LoadedModel:
+def load_model(
+    source: str | Path, tokenizer: str | Path | None = None, causal_lm: bool = False
+) -> LoadedModel:
     """The network and tokenizer of ``source``; ``causal_lm`` refuses anything but GPT-2 and Llama.
 
     A tokenizer with more tokens than the model's vocabulary cannot be the model's own: a clear
@@ -68,13 +75,19 @@ def load_model(source: str | Path, tokenizer: str | Path | None = None, causal_l
         else:  # Meta's layout
             found = find_tokenizer_model(path)
             if found is None:
-                raise MedlmError(f"{path}: no tokenizer.model beside params.json; pass the tokenizer's path")
+                raise MedlmError(
+                    f"{path}: no tokenizer.model beside params.json; pass the tokenizer's path"
+                )
             tok = load_tokenizer(found)
     loaded = LoadedModel(net.eval(), tok, path, ckpt)
     if causal_lm and not loaded.is_causal_lm:
-        raise MedlmError(f"{source}: holds a {type(net).__name__}, not a causal language model (GPT2, Llama)")
+        raise MedlmError(
+            f"{source}: holds a {type(net).__name__}, not a causal language model (GPT2, Llama)"
+        )
     vocab = net.config.vocab_size
     if tok.vocab_size > vocab:
-        raise ConfigError(f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model at {source} only "
-                          f"{vocab}: they do not belong together (pass the model's own tokenizer)")
+        raise ConfigError(
+            f"tokenizer {tok.name} has {tok.vocab_size} tokens but the model at {source} only "
+            f"{vocab}: they do not belong together (pass the model's own tokenizer)"
+        )
     return loaded

@@ -6,8 +6,8 @@ import base64
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -36,14 +36,21 @@ def sharpen(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 2:
-                p.normal_(0.0, 1.0 if "emb" in name or name.endswith(("wte.weight", "wpe.weight")) else 0.5)
+                p.normal_(
+                    0.0,
+                    1.0 if "emb" in name or name.endswith(("wte.weight", "wpe.weight")) else 0.5,
+                )
     return model.eval()
 
 
 def write_medlm_ckpt(path: Path, net: torch.nn.Module, tokenizer: str | None = "gpt2") -> Path:
     """A checkpoint as CausalLM writes it: the net under ``net.``, its spec, the DataModule's hparams."""
-    ckpt = {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, NETWORK_KEY: network_spec(net),
-            "epoch": 0, "global_step": 1}
+    ckpt = {
+        "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+        NETWORK_KEY: network_spec(net),
+        "epoch": 0,
+        "global_step": 1,
+    }
     if tokenizer is not None:
         ckpt["datamodule_hyper_parameters"] = {"tokenizer": tokenizer, "block_size": 64}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,13 +59,36 @@ def write_medlm_ckpt(path: Path, net: torch.nn.Module, tokenizer: str | None = "
 
 
 def tiny_gpt2(vocab_size: int = 50257, block_size: int = 64, bias: bool = True) -> GPT2:
-    return sharpen(GPT2(GPT2Config(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2,
-                                   n_embd=32, bias=bias)))
+    return sharpen(
+        GPT2(
+            GPT2Config(
+                block_size=block_size,
+                vocab_size=vocab_size,
+                n_layer=2,
+                n_head=2,
+                n_embd=32,
+                bias=bias,
+            )
+        )
+    )
 
 
 def write_bpe_file(path: Path) -> Path:
     """A Llama 3 style tokenizer.model: the 256 bytes plus a few merges."""
-    merges = [b"he", b"ll", b"hell", b"hello", b" w", b"or", b" wor", b"ld", b" world", b"th", b" th", b"e "]
+    merges = [
+        b"he",
+        b"ll",
+        b"hell",
+        b"hello",
+        b" w",
+        b"or",
+        b" wor",
+        b"ld",
+        b" world",
+        b"th",
+        b" th",
+        b"e ",
+    ]
     tokens = [bytes([b]) for b in range(256)] + merges
     path.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i for i, t in enumerate(tokens)))
     return path
@@ -74,10 +104,30 @@ def meta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Meta's layout: params.json, consolidated.00.pth and tokenizer.model (268 ranks + 256 specials)."""
     d = tmp_path_factory.mktemp("meta")
     write_bpe_file(d / "tokenizer.model")
-    params = {"dim": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 524, "multiple_of": 16,
-              "norm_eps": 1e-5, "rope_theta": 500000.0, "max_seq_len": 64}
-    net = sharpen(Llama(LlamaConfig(vocab_size=524, n_embd=32, n_layer=2, n_head=4, n_kv_head=2, multiple_of=16,
-                                    block_size=64)))
+    params = {
+        "dim": 32,
+        "n_layers": 2,
+        "n_heads": 4,
+        "n_kv_heads": 2,
+        "vocab_size": 524,
+        "multiple_of": 16,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "max_seq_len": 64,
+    }
+    net = sharpen(
+        Llama(
+            LlamaConfig(
+                vocab_size=524,
+                n_embd=32,
+                n_layer=2,
+                n_head=4,
+                n_kv_head=2,
+                multiple_of=16,
+                block_size=64,
+            )
+        )
+    )
     torch.save(net.state_dict(), d / "consolidated.00.pth")
     (d / "params.json").write_text(json.dumps(params))
     return d
@@ -86,17 +136,28 @@ def meta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def hf_llama_gpt2_vocab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny transformers Llama over GPT-2's vocabulary, without tokenizer files."""
-    from transformers import LlamaConfig as HFLlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig as HFLlamaConfig
+    from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
     d = tmp_path_factory.mktemp("hf_llama")
-    LlamaForCausalLM(HFLlamaConfig(vocab_size=50257, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-                     ).save_pretrained(d)
+    LlamaForCausalLM(
+        HFLlamaConfig(
+            vocab_size=50257,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
+    ).save_pretrained(d)
     return d
 
 
-def run_main(main: Callable[[list[str]], None], args: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+def run_main(
+    main: Callable[[list[str]], None], args: list, capsys: pytest.CaptureFixture
+) -> tuple[int, str, str]:
     """A console script's ``main`` in this process: exit status, stdout, stderr."""
     try:
         main([str(a) for a in args])
@@ -137,7 +198,9 @@ class _Recorder:
         pass
 
 
-def test_checkpoint_streams_tokens_as_they_are_generated(gpt2_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_streams_tokens_as_they_are_generated(
+    gpt2_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     recorder = _Recorder()
     sample = generation.sample_logits
 
@@ -155,41 +218,83 @@ def test_checkpoint_streams_tokens_as_they_are_generated(gpt2_ckpt: Path, monkey
     assert len(during) >= 5, recorder.writes
 
 
-def test_checkpoint_sampling_settings_and_no_cache(gpt2_ckpt: Path, capsys: pytest.CaptureFixture) -> None:
+def test_checkpoint_sampling_settings_and_no_cache(
+    gpt2_ckpt: Path, capsys: pytest.CaptureFixture
+) -> None:
     base = [gpt2_ckpt, "--prompt", PROMPT, "--max-new-tokens", "12"]
     code, cached, _ = run_cli(base + ["--temperature", "0"], capsys)
     assert code == 0
     assert run_cli(base + ["--temperature", "0", "--no-cache"], capsys)[1] == cached
-    sampled = [run_cli(base + ["--temperature", "1.0", "--top-k", "50", "--top-p", "0.9", "--seed", str(s)],
-                       capsys)[1] for s in (1, 1, 2)]
+    sampled = [
+        run_cli(
+            base + ["--temperature", "1.0", "--top-k", "50", "--top-p", "0.9", "--seed", str(s)],
+            capsys,
+        )[1]
+        for s in (1, 1, 2)
+    ]
     assert sampled[0] == sampled[1] != sampled[2]
     code, only_new, _ = run_cli(base + ["--temperature", "0", "--no-echo"], capsys)
     assert PROMPT + only_new == cached
 
 
-def test_stop_string_ends_the_output_before_it(gpt2_ckpt: Path, capsys: pytest.CaptureFixture) -> None:
+def test_stop_string_ends_the_output_before_it(
+    gpt2_ckpt: Path, capsys: pytest.CaptureFixture
+) -> None:
     full = greedy_text(load_network(gpt2_ckpt), PROMPT, 20)
     stop = full[6:9]
-    code, out, _ = run_cli([gpt2_ckpt, "--prompt", PROMPT, "--max-new-tokens", "20", "--temperature", "0",
-                            "--stop", "@@@never", "--stop", stop, "--no-echo"], capsys)
-    assert code == 0 and out == full[:full.find(stop)] + "\n"
+    code, out, _ = run_cli(
+        [
+            gpt2_ckpt,
+            "--prompt",
+            PROMPT,
+            "--max-new-tokens",
+            "20",
+            "--temperature",
+            "0",
+            "--stop",
+            "@@@never",
+            "--stop",
+            stop,
+            "--no-echo",
+        ],
+        capsys,
+    )
+    assert code == 0 and out == full[: full.find(stop)] + "\n"
 
 
-def test_hf_directory_with_a_prompt_file(tiny_hf_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_hf_directory_with_a_prompt_file(
+    tiny_hf_gpt2: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     prompts = ["Aspirin is used to treat", "Question: Does smoking cause cancer?", "Diabetes"]
     path = tmp_path / "prompts.txt"
     path.write_text(f"{prompts[0]}\n\n{prompts[1]}\n{prompts[2]}\n")
-    code, out, err = run_cli([tiny_hf_gpt2, "--prompt-file", path, "--max-new-tokens", "6", "--temperature", "0",
-                              "--batch-size", "2"], capsys)
+    code, out, err = run_cli(
+        [
+            tiny_hf_gpt2,
+            "--prompt-file",
+            path,
+            "--max-new-tokens",
+            "6",
+            "--temperature",
+            "0",
+            "--batch-size",
+            "2",
+        ],
+        capsys,
+    )
     assert code == 0, err
     model = GPT2.from_pretrained(tiny_hf_gpt2)
     expected = [p + greedy_text(model, p, 6) for p in prompts]
     assert out == f"\n{cli.SEPARATOR}\n".join(expected) + "\n"
 
 
-def test_hf_llama_with_gpt2_vocabulary(hf_llama_gpt2_vocab: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, err = run_cli([hf_llama_gpt2_vocab, "--prompt", PROMPT, "--max-new-tokens", "5", "--temperature", "0"],
-                             capsys)
+def test_hf_llama_with_gpt2_vocabulary(
+    hf_llama_gpt2_vocab: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, err = run_cli(
+        [hf_llama_gpt2_vocab, "--prompt", PROMPT, "--max-new-tokens", "5", "--temperature", "0"],
+        capsys,
+    )
     assert code == 0, err
     loaded = load_model(hf_llama_gpt2_vocab)
     model, tok = loaded.net, loaded.tokenizer
@@ -198,14 +303,31 @@ def test_hf_llama_with_gpt2_vocabulary(hf_llama_gpt2_vocab: Path, capsys: pytest
 
 
 def test_meta_directory_with_its_tokenizer(meta_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    args = [meta_dir, "--prompt", "hello world", "--max-new-tokens", "8", "--temperature", "0", "--no-echo"]
+    args = [
+        meta_dir,
+        "--prompt",
+        "hello world",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "0",
+        "--no-echo",
+    ]
     code, out, err = run_cli(args + ["--tokenizer", meta_dir / "tokenizer.model"], capsys)
     assert code == 0, err
     assert run_cli(args, capsys)[1] == out  # found beside params.json
     model = Llama.from_meta(meta_dir).eval()
     bos = 268  # <|begin_of_text|> after the 268 ranks
-    ids = generate(model, [[bos, 259, 264]], 8, temperature=0, stop_sequences=[[269], [277]])[0]  # hello, " world"
-    assert out == Llama3Tokenizer(meta_dir / "tokenizer.model").decode([t for t in ids if t not in (269, 277)]) + "\n"
+    ids = generate(model, [[bos, 259, 264]], 8, temperature=0, stop_sequences=[[269], [277]])[
+        0
+    ]  # hello, " world"
+    assert (
+        out
+        == Llama3Tokenizer(meta_dir / "tokenizer.model").decode(
+            [t for t in ids if t not in (269, 277)]
+        )
+        + "\n"
+    )
 
 
 def _meta_missing_weights(meta_dir: Path, tmp: Path) -> list:
@@ -219,7 +341,9 @@ def _meta_bad_field(meta_dir: Path, tmp: Path) -> list:
     d.mkdir()
     for name in ("consolidated.00.pth", "tokenizer.model"):
         (d / name).write_bytes((meta_dir / name).read_bytes())
-    (d / "params.json").write_text(json.dumps({**json.loads((meta_dir / "params.json").read_text()), "n_heads": "4"}))
+    (d / "params.json").write_text(
+        json.dumps({**json.loads((meta_dir / "params.json").read_text()), "n_heads": "4"})
+    )
     return [d, "--prompt", "hi"]
 
 
@@ -281,39 +405,103 @@ def _binary_prompt_file(meta_dir: Path, tmp: Path) -> list:
     return [meta_dir, "--prompt-file", tmp / "p.txt"]
 
 
-@pytest.mark.parametrize("make_args, message", [
-    (lambda m, t: [t / "missing.ckpt", "--prompt", "hi"], "missing.ckpt: no such checkpoint file or model directory"),
-    (_meta_missing_weights, "no consolidated.00.pth"),
-    (_meta_bad_field, "params.json: field 'n_heads' must be int"),
-    (_meta_no_tokenizer, "no tokenizer.model beside params.json"),
-    (_not_a_model_dir, "not a model directory"),
-    (_hf_unknown_type, "model_type 'bert' is not one medlm runs"),
-    (_hf_bad_json, "config.json: malformed JSON"),
-    (_hf_no_weights, "no weights"),
-    (_not_medlm_ckpt, "not a medlm checkpoint (no 'medlm_network' entry)"),
-    (_classifier_ckpt, "holds a SequenceClassifier, not a causal language model"),
-    (_garbage_ckpt, "cannot be read as a weights-only checkpoint: truncated, or not a torch file"),
-    (_wrong_tokenizer, "tokenizer gpt2 has 50257 tokens but the model"),
-    (lambda m, t: [m, "--prompt-file", t / "nope.txt"], "nope.txt: prompt file not found"),
-    (_empty_prompt_file, "no prompts"),
-    (_binary_prompt_file, "not UTF-8"),
-    (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "100"], "that is 103 > max_seq_len 64"),
-    (lambda m, t: [m, "--prompt", "hi", "--prompt", "hello " * 40, "--batch-size", "1", "--max-new-tokens", "8"],
-     "prompt 1 has 81 tokens; with max_gen_len 8 that is 89 > max_seq_len 64"),
-    (lambda m, t: [m, "--prompt", "hi", "--max-seq-len", "65"], "max_seq_len: 65 exceeds the model's context of 64"),
-    (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "4", "--top-p", "1.5"], "top_p: 1.5 is not in (0, 1]"),
-    (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "4", "--temperature", "-1"], "temperature: -1.0 is not a number >= 0"),
-    (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "4", "--top-k", "0"], "top_k: 0 is not a positive integer"),
-    (lambda m, t: [m, "--prompt", "hi", "--batch-size", "0"], "--batch-size: 0"),
-    (lambda m, t: [m, "--prompt", "hi", "--device", "gpu0"], "device: 'gpu0' is not a torch device"),
-    (lambda m, t: [m], "one of the arguments --prompt --prompt-file is required"),
-    (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "ten"], "invalid int value: 'ten'"),
-], ids=["missing-ckpt", "meta-no-weights", "params-wrong-field", "meta-no-tokenizer", "not-a-model-dir",
-        "hf-unknown-type", "hf-bad-json", "hf-no-weights", "not-medlm-ckpt", "classifier-ckpt", "garbage-ckpt", "wrong-tokenizer",
-        "missing-prompt-file", "empty-prompt-file", "binary-prompt-file", "beyond-context", "second-batch-too-long", "max-seq-len",
-        "top-p", "temperature", "top-k", "batch-size", "device", "no-prompt", "not-an-int"])
-def test_bad_input_is_one_line_and_exit_2(make_args, message: str, meta_dir: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (
+            lambda m, t: [t / "missing.ckpt", "--prompt", "hi"],
+            "missing.ckpt: no such checkpoint file or model directory",
+        ),
+        (_meta_missing_weights, "no consolidated.00.pth"),
+        (_meta_bad_field, "params.json: field 'n_heads' must be int"),
+        (_meta_no_tokenizer, "no tokenizer.model beside params.json"),
+        (_not_a_model_dir, "not a model directory"),
+        (_hf_unknown_type, "model_type 'bert' is not one medlm runs"),
+        (_hf_bad_json, "config.json: malformed JSON"),
+        (_hf_no_weights, "no weights"),
+        (_not_medlm_ckpt, "not a medlm checkpoint (no 'medlm_network' entry)"),
+        (_classifier_ckpt, "holds a SequenceClassifier, not a causal language model"),
+        (
+            _garbage_ckpt,
+            "cannot be read as a weights-only checkpoint: truncated, or not a torch file",
+        ),
+        (_wrong_tokenizer, "tokenizer gpt2 has 50257 tokens but the model"),
+        (lambda m, t: [m, "--prompt-file", t / "nope.txt"], "nope.txt: prompt file not found"),
+        (_empty_prompt_file, "no prompts"),
+        (_binary_prompt_file, "not UTF-8"),
+        (
+            lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "100"],
+            "that is 103 > max_seq_len 64",
+        ),
+        (
+            lambda m, t: [
+                m,
+                "--prompt",
+                "hi",
+                "--prompt",
+                "hello " * 40,
+                "--batch-size",
+                "1",
+                "--max-new-tokens",
+                "8",
+            ],
+            "prompt 1 has 81 tokens; with max_gen_len 8 that is 89 > max_seq_len 64",
+        ),
+        (
+            lambda m, t: [m, "--prompt", "hi", "--max-seq-len", "65"],
+            "max_seq_len: 65 exceeds the model's context of 64",
+        ),
+        (
+            lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "4", "--top-p", "1.5"],
+            "top_p: 1.5 is not in (0, 1]",
+        ),
+        (
+            lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "4", "--temperature", "-1"],
+            "temperature: -1.0 is not a number >= 0",
+        ),
+        (
+            lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "4", "--top-k", "0"],
+            "top_k: 0 is not a positive integer",
+        ),
+        (lambda m, t: [m, "--prompt", "hi", "--batch-size", "0"], "--batch-size: 0"),
+        (
+            lambda m, t: [m, "--prompt", "hi", "--device", "gpu0"],
+            "device: 'gpu0' is not a torch device",
+        ),
+        (lambda m, t: [m], "one of the arguments --prompt --prompt-file is required"),
+        (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "ten"], "invalid int value: 'ten'"),
+    ],
+    ids=[
+        "missing-ckpt",
+        "meta-no-weights",
+        "params-wrong-field",
+        "meta-no-tokenizer",
+        "not-a-model-dir",
+        "hf-unknown-type",
+        "hf-bad-json",
+        "hf-no-weights",
+        "not-medlm-ckpt",
+        "classifier-ckpt",
+        "garbage-ckpt",
+        "wrong-tokenizer",
+        "missing-prompt-file",
+        "empty-prompt-file",
+        "binary-prompt-file",
+        "beyond-context",
+        "second-batch-too-long",
+        "max-seq-len",
+        "top-p",
+        "temperature",
+        "top-k",
+        "batch-size",
+        "device",
+        "no-prompt",
+        "not-an-int",
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    make_args, message: str, meta_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code, out, err = run_cli(make_args(meta_dir, tmp_path), capsys)
     assert code == 2
     assert out == ""  # nothing echoed before the error
@@ -324,11 +512,17 @@ def test_bad_input_is_one_line_and_exit_2(make_args, message: str, meta_dir: Pat
 @pytest.mark.slow
 def test_console_script_streams_and_reports_errors(gpt2_ckpt: Path, tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("medlm-generate")
-    ok = subprocess.run([exe, gpt2_ckpt, "--prompt", PROMPT, "--max-new-tokens", "8", "--temperature", "0"],
-                        capture_output=True, text=True, timeout=300)
+    ok = subprocess.run(
+        [exe, gpt2_ckpt, "--prompt", PROMPT, "--max-new-tokens", "8", "--temperature", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == PROMPT + greedy_text(load_network(gpt2_ckpt), PROMPT, 8) + "\n"
-    bad = subprocess.run([exe, tmp_path / "nope.ckpt", "--prompt", "x"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [exe, tmp_path / "nope.ckpt", "--prompt", "x"], capture_output=True, text=True, timeout=300
+    )
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stderr.startswith("error: ")
 
 
@@ -345,7 +539,9 @@ def test_generator_text_completion_meta_shape(meta_dir: Path) -> None:
     greedy = g.text_completion(prompts, max_gen_len=6, temperature=0)
     assert greedy == g.text_completion(prompts, max_gen_len=6, temperature=0, use_cache=False)
     echoed = g.text_completion(prompts, max_gen_len=6, temperature=0, echo=True)
-    for prompt, plain, full in zip(prompts, greedy, echoed):  # Meta's echo: the prompt's tokens, bos included
+    for prompt, plain, full in zip(
+        prompts, greedy, echoed
+    ):  # Meta's echo: the prompt's tokens, bos included
         assert full["generation"] == "<|begin_of_text|>" + prompt + plain["generation"]
 
 
@@ -359,13 +555,17 @@ def test_generator_greedy_matches_generate_on_a_checkpoint(gpt2_ckpt: Path) -> N
     # max_gen_len None fills max_seq_len after the longest prompt
     g = Generator.build(gpt2_ckpt, "gpt2", max_seq_len=20, max_batch_size=1)
     [r] = g.text_completion([PROMPT], temperature=0)
-    assert r["generation"] == greedy_text(model, PROMPT, 20 - len(load_tokenizer("gpt2").encode(PROMPT)))
+    assert r["generation"] == greedy_text(
+        model, PROMPT, 20 - len(load_tokenizer("gpt2").encode(PROMPT))
+    )
 
 
 def test_generator_seed_reproduces_the_sequence_of_calls(gpt2_ckpt: Path) -> None:
     def calls(seed: int) -> list:
         g = Generator.build(gpt2_ckpt, None, 64, 2, seed=seed)
-        return [g.text_completion([PROMPT, "Aspirin"], temperature=1.0, max_gen_len=8) for _ in range(2)]
+        return [
+            g.text_completion([PROMPT, "Aspirin"], temperature=1.0, max_gen_len=8) for _ in range(2)
+        ]
 
     first, again, other = calls(1), calls(1), calls(2)
     assert first == again
@@ -379,8 +579,13 @@ def test_generator_streams_every_row_with_stops(gpt2_ckpt: Path) -> None:
     full = g.text_completion(prompts, temperature=0, max_gen_len=16)
     stops = [full[0]["generation"][4:6], full[2]["generation"][5:8]]
     pieces: dict[int, list[str]] = {i: [] for i in range(4)}
-    out = g.text_completion(prompts, temperature=0, max_gen_len=16, stop=stops,
-                            on_text=lambda row, piece: pieces[row].append(piece))
+    out = g.text_completion(
+        prompts,
+        temperature=0,
+        max_gen_len=16,
+        stop=stops,
+        on_text=lambda row, piece: pieces[row].append(piece),
+    )
     for i, (r, ref) in enumerate(zip(out, full)):
         text = ref["generation"]
         cut = min([j for j in (text.find(s) for s in stops) if j >= 0], default=len(text))
@@ -394,11 +599,16 @@ def test_generator_limits_are_clear_errors(gpt2_ckpt: Path) -> None:
     with pytest.raises(ConfigError, match="3 prompts > max_batch_size 2"):
         g.text_completion(["a", "b", "c"], max_gen_len=4)
     n = len(load_tokenizer("gpt2").encode(PROMPT))
-    with pytest.raises(ConfigError, match=rf"prompt 1 has {n} tokens; with max_gen_len 30 that is {n + 30} > max_seq_len 32"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"prompt 1 has {n} tokens; with max_gen_len 30 that is {n + 30} > max_seq_len 32",
+    ):
         g.text_completion(["a", PROMPT], max_gen_len=30)
     with pytest.raises(ConfigError, match="leaves no room to generate within max_seq_len 32"):
         g.text_completion([" the" * 32])
-    with pytest.raises(ConfigError, match="max_seq_len: 65 exceeds the model's context of 64 tokens"):
+    with pytest.raises(
+        ConfigError, match="max_seq_len: 65 exceeds the model's context of 64 tokens"
+    ):
         Generator.build(gpt2_ckpt, None, max_seq_len=65, max_batch_size=1)
     with pytest.raises(ConfigError, match="max_batch_size: 0"):
         Generator.build(gpt2_ckpt, None, max_seq_len=8, max_batch_size=0)

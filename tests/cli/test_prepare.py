@@ -56,20 +56,31 @@ def assert_one_error_line(err: str, *fragments: str) -> None:
         assert fragment in lines[0], (fragment, err)
 
 
-def test_medquad_writes_splits_and_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_medquad_writes_splits_and_prints_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     out = tmp_path / "out"
-    rc = main(["medquad", str(medquad_root(tmp_path)), str(out), "--val-frac", "0", "--test-frac", "0"])
+    rc = main(
+        ["medquad", str(medquad_root(tmp_path)), str(out), "--val-frac", "0", "--test-frac", "0"]
+    )
     stdout = capsys.readouterr().out
     assert rc == 0
     assert re.search(r"^1_Test_QA\s+2\s+1\s+1\s+0\s+0\s+0$", stdout, re.M), stdout
     assert "split: train 1, val 0, test 0" in stdout
     assert files_in(out) == ["test.jsonl", "train.jsonl", "val.jsonl"]
     rec = json.loads((out / "train.jsonl").read_text())
-    assert (rec["instruction"], rec["input"], rec["output"]) == ("What is a thing ?", "", "A thing is a thing.")
+    assert (rec["instruction"], rec["input"], rec["output"]) == (
+        "What is a thing ?",
+        "",
+        "A thing is a thing.",
+    )
 
 
 def test_max_tokens_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["medquad", str(medquad_root(tmp_path)), str(tmp_path / "out"), "--max-tokens", "20"]) == 0
+    assert (
+        main(["medquad", str(medquad_root(tmp_path)), str(tmp_path / "out"), "--max-tokens", "20"])
+        == 0
+    )
     assert re.search(r"^total\s+2\s+0\s+1\s+0\s+1\s+0$", capsys.readouterr().out, re.M)
 
 
@@ -85,12 +96,17 @@ def test_malformed_xml_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capt
 
 def test_csv_unterminated_quote_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src = tmp_path / "medquad.csv"
-    src.write_text('question,answer,source,focus_area\nWhat is X?,X is fine,GARD,X\n'
-                   'What is Y?,"Y is not\nclosed,GARD,Y\n', encoding="utf-8")
+    src.write_text(
+        "question,answer,source,focus_area\nWhat is X?,X is fine,GARD,X\n"
+        'What is Y?,"Y is not\nclosed,GARD,Y\n',
+        encoding="utf-8",
+    )
     out = tmp_path / "out"
     rc = main(["medquad", str(src), str(out), "--format", "csv"])
     assert rc == 2
-    assert_one_error_line(capsys.readouterr().err, "medquad.csv, line 3", "unterminated quoted field")
+    assert_one_error_line(
+        capsys.readouterr().err, "medquad.csv, line 3", "unterminated quoted field"
+    )
     assert files_in(out) == []
 
 
@@ -104,12 +120,17 @@ def test_skip_bad_counts_and_warns(tmp_path: Path, capsys: pytest.CaptureFixture
     assert files_in(out) == ["test.jsonl", "train.jsonl", "val.jsonl"]
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--val-frac", "1.5"], "val_frac=1.5"),
-    (["--max-tokens", "-3"], "max_tokens=-3"),
-    (["--format", "xml", "--seed", "1"], None),  # fine: a control for the cases around it
-])
-def test_bad_options_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture, argv, fragment) -> None:
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--val-frac", "1.5"], "val_frac=1.5"),
+        (["--max-tokens", "-3"], "max_tokens=-3"),
+        (["--format", "xml", "--seed", "1"], None),  # fine: a control for the cases around it
+    ],
+)
+def test_bad_options_are_one_line_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv, fragment
+) -> None:
     rc = main(["medquad", str(medquad_root(tmp_path)), str(tmp_path / "out"), *argv])
     if fragment is None:
         assert rc == 0
@@ -135,8 +156,13 @@ def test_installed_script_fails_cleanly(tmp_path: Path) -> None:
     if not script.exists():
         pytest.skip(f"console script not installed at {script} (pip install -e .)")
     out = tmp_path / "out"
-    proc = subprocess.run([str(script), "medquad", str(medquad_root(tmp_path, bad=True)), str(out)],
-                          capture_output=True, text=True, env=os.environ.copy(), timeout=120)
+    proc = subprocess.run(
+        [str(script), "medquad", str(medquad_root(tmp_path, bad=True)), str(out)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert_one_error_line(proc.stderr, "0000002.xml", "line 5")
     assert files_in(out) == []

@@ -23,18 +23,34 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_biomedgpt_experiment_sets_the_recipe(tmp_path: Path) -> None:
     cfg = compose_train(tmp_path, ["experiment=biomedgpt_pubmedqa"])
-    assert cfg.model._target_ == "medlm.models.gpt2.GPT2.from_pretrained" and cfg.model.pretrained == "gpt2"
+    assert (
+        cfg.model._target_ == "medlm.models.gpt2.GPT2.from_pretrained"
+        and cfg.model.pretrained == "gpt2"
+    )
     assert (cfg.data.batch_size, cfg.data.block_size, cfg.data.val_fraction) == (16, 128, 0.02)
-    assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.max_epochs, cfg.trainer.precision) == (32, 5, "bf16-mixed")
+    assert (cfg.trainer.accumulate_grad_batches, cfg.trainer.max_epochs, cfg.trainer.precision) == (
+        32,
+        5,
+        "bf16-mixed",
+    )
     assert (cfg.scheduler.warmup_steps, cfg.scheduler.min_lr_ratio) == (10, 0.1)
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.fused) == (1e-5, 0.3, True)
     assert cfg.model.dropout == 0.6
 
 
 def test_quickstart_loss_falls_and_mlflow_records_the_run(tmp_path: Path, cache_dir: Path) -> None:
-    cfg = compose_train(tmp_path, ["experiment=quickstart", *SMALL, "trainer.max_epochs=2", "trainer.limit_train_batches=25",
-                                   "+trainer.limit_val_batches=3", "callbacks.samples.max_new_tokens=8"],
-                        cache_dir=cache_dir)
+    cfg = compose_train(
+        tmp_path,
+        [
+            "experiment=quickstart",
+            *SMALL,
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=25",
+            "+trainer.limit_val_batches=3",
+            "callbacks.samples.max_new_tokens=8",
+        ],
+        cache_dir=cache_dir,
+    )
     best = train(cfg)
 
     [run] = mlflow_runs(tmp_path)
@@ -47,25 +63,54 @@ def test_quickstart_loss_falls_and_mlflow_records_the_run(tmp_path: Path, cache_
     val = [v for _, v in run["metrics"]["val/loss"]]
     assert len(val) == 2 and val[1] < val[0]
     assert best == pytest.approx(min(val), rel=1e-5)
-    for key in ["val/ppl", "train/loss_epoch", "train/ppl", "train/lr", "train/tokens_seen", "train/tokens_per_sec"]:
+    for key in [
+        "val/ppl",
+        "train/loss_epoch",
+        "train/ppl",
+        "train/lr",
+        "train/tokens_seen",
+        "train/tokens_per_sec",
+    ]:
         assert key in run["metrics"], key
     artifacts = tmp_path / "mlruns" / "artifacts"
-    names = {p.relative_to(artifacts).as_posix().split("/", 2)[-1] for p in artifacts.rglob("*") if p.is_file()}
+    names = {
+        p.relative_to(artifacts).as_posix().split("/", 2)[-1]
+        for p in artifacts.rglob("*")
+        if p.is_file()
+    }
     assert {"config/config.yaml", "config/overrides.yaml", "plots/loss_curve.png"} <= names
     assert sum(n.startswith("samples/epoch_") for n in names) == 2
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path, cache_dir: Path) -> None:
-    common = ["experiment=quickstart", *SMALL, "trainer.limit_train_batches=6", "+trainer.limit_val_batches=2", "callbacks.samples=null"]
+    common = [
+        "experiment=quickstart",
+        *SMALL,
+        "trainer.limit_train_batches=6",
+        "+trainer.limit_val_batches=2",
+        "callbacks.samples=null",
+    ]
     straight = compose_train(tmp_path / "a", common + ["trainer.max_epochs=2"], cache_dir=cache_dir)
     train(straight)
 
     out = tmp_path / "b" / "run"
-    train(compose_train(tmp_path / "b", common + ["trainer.max_epochs=1"], output_dir=out, cache_dir=cache_dir))
-    train(compose_train(tmp_path / "b", common + ["trainer.max_epochs=2", "ckpt_path=auto"], output_dir=out,
-                        cache_dir=cache_dir))
+    train(
+        compose_train(
+            tmp_path / "b", common + ["trainer.max_epochs=1"], output_dir=out, cache_dir=cache_dir
+        )
+    )
+    train(
+        compose_train(
+            tmp_path / "b",
+            common + ["trainer.max_epochs=2", "ckpt_path=auto"],
+            output_dir=out,
+            cache_dir=cache_dir,
+        )
+    )
 
-    final_a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    final_a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)[
+        "state_dict"
+    ]
     final_b = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for name, tensor in final_a.items():
         torch.testing.assert_close(final_b[name], tensor, rtol=0, atol=1e-6, msg=name)

@@ -15,13 +15,22 @@ from medlm.cli.train import main
 from tests.helpers import mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
-QUICK = ["experiment=quickstart", "data.batch_size=4", "data.block_size=64", "trainer.enable_progress_bar=false", "callbacks.samples=null",
-         "trainer.max_epochs=1", "trainer.limit_train_batches=3", "+trainer.limit_val_batches=2"]
+QUICK = [
+    "experiment=quickstart",
+    "data.batch_size=4",
+    "data.block_size=64",
+    "trainer.enable_progress_bar=false",
+    "callbacks.samples=null",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "+trainer.limit_val_batches=2",
+]
 TRAIN_BIN = Path(sys.executable).parent / "medlm-train"
 
 
-def run_main(argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-             capsys: pytest.CaptureFixture) -> tuple[int, str]:
+def run_main(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> tuple[int, str]:
     """``medlm-train ARGV`` in this process, from ``tmp_path``; returns the exit code and stderr."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["medlm-train", *argv])
@@ -43,26 +52,67 @@ def pubmedqa_file(tmp_path: Path, records: dict | str) -> Path:
 
 
 TRUNCATED_JSON = '{"1": {"QUESTION": '
-RECORD = {"QUESTION": "Does it work?", "CONTEXTS": ["Some context."], "LONG_ANSWER": "It does.",
-          "final_decision": "yes"}
+RECORD = {
+    "QUESTION": "Does it work?",
+    "CONTEXTS": ["Some context."],
+    "LONG_ANSWER": "It does.",
+    "final_decision": "yes",
+}
 
 
-@pytest.mark.parametrize("name, make_args, expected", [
-    ("wrong model value, before any data is read",
-     lambda tmp: ["model.config.n_head=5", "data.path=/nonexistent/ori_pqal.json"], "model.n_head"),
-    ("block_size over the model's context", lambda tmp: ["model.config.block_size=32"], "data.block_size"),
-    ("path that does not exist", lambda tmp: ["data.path=/nonexistent/ori_pqal.json"], "/nonexistent/ori_pqal.json"),
-    ("malformed JSON", lambda tmp: [f"data.path={pubmedqa_file(tmp, TRUNCATED_JSON)}"], "ori_pqal.json"),
-    ("record missing a field",
-     lambda tmp: [f"data.path={pubmedqa_file(tmp, {'123': {k: v for k, v in RECORD.items() if k != 'LONG_ANSWER'}})}"],
-     "123"),
-    ("unknown decision label",
-     lambda tmp: [f"data.path={pubmedqa_file(tmp, {'77': {**RECORD, 'final_decision': 'perhaps'}})}"], "perhaps"),
-    ("empty dataset", lambda tmp: [f"data.path={pubmedqa_file(tmp, {})}"], "ori_pqal.json"),
-    ("a required value left unset", lambda tmp: ["model=llama_pretrained"], "model.pretrained: no value given"),
-    ("resume checkpoint that does not exist", lambda tmp: ["ckpt_path=/nonexistent/last.ckpt"], "/nonexistent/last.ckpt"),
-])
-def test_bad_input_is_one_clear_line(name, make_args, expected, tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(
+    "name, make_args, expected",
+    [
+        (
+            "wrong model value, before any data is read",
+            lambda tmp: ["model.config.n_head=5", "data.path=/nonexistent/ori_pqal.json"],
+            "model.n_head",
+        ),
+        (
+            "block_size over the model's context",
+            lambda tmp: ["model.config.block_size=32"],
+            "data.block_size",
+        ),
+        (
+            "path that does not exist",
+            lambda tmp: ["data.path=/nonexistent/ori_pqal.json"],
+            "/nonexistent/ori_pqal.json",
+        ),
+        (
+            "malformed JSON",
+            lambda tmp: [f"data.path={pubmedqa_file(tmp, TRUNCATED_JSON)}"],
+            "ori_pqal.json",
+        ),
+        (
+            "record missing a field",
+            lambda tmp: [
+                f"data.path={pubmedqa_file(tmp, {'123': {k: v for k, v in RECORD.items() if k != 'LONG_ANSWER'}})}"
+            ],
+            "123",
+        ),
+        (
+            "unknown decision label",
+            lambda tmp: [
+                f"data.path={pubmedqa_file(tmp, {'77': {**RECORD, 'final_decision': 'perhaps'}})}"
+            ],
+            "perhaps",
+        ),
+        ("empty dataset", lambda tmp: [f"data.path={pubmedqa_file(tmp, {})}"], "ori_pqal.json"),
+        (
+            "a required value left unset",
+            lambda tmp: ["model=llama_pretrained"],
+            "model.pretrained: no value given",
+        ),
+        (
+            "resume checkpoint that does not exist",
+            lambda tmp: ["ckpt_path=/nonexistent/last.ckpt"],
+            "/nonexistent/last.ckpt",
+        ),
+    ],
+)
+def test_bad_input_is_one_clear_line(
+    name, make_args, expected, tmp_path, monkeypatch, capsys
+) -> None:
     code, err = run_main([*QUICK, *make_args(tmp_path)], tmp_path, monkeypatch, capsys)
     assert code == 2, f"{name}: exit {code}\n{err}"
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -71,7 +121,9 @@ def test_bad_input_is_one_clear_line(name, make_args, expected, tmp_path, monkey
     assert not list(tmp_path.rglob("*.tmp")), "a half-written file was left behind"
 
 
-def test_no_network_and_no_local_data_says_how_to_point_at_files(tmp_path, monkeypatch, capsys) -> None:
+def test_no_network_and_no_local_data_says_how_to_point_at_files(
+    tmp_path, monkeypatch, capsys
+) -> None:
     monkeypatch.delenv("MEDLM_DATA_DIR")
     code, err = run_main(QUICK, tmp_path, monkeypatch, capsys)
     assert code == 2 and "Traceback" not in err
@@ -81,8 +133,13 @@ def test_no_network_and_no_local_data_says_how_to_point_at_files(tmp_path, monke
 
 @pytest.mark.slow
 def test_the_console_script_reports_a_user_error_without_a_traceback(tmp_path: Path) -> None:
-    proc = subprocess.run([str(TRAIN_BIN), "model.config.n_embd=-1"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [str(TRAIN_BIN), "model.config.n_embd=-1"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model.n_embd")
     assert "Traceback" not in proc.stderr
@@ -91,8 +148,14 @@ def test_the_console_script_reports_a_user_error_without_a_traceback(tmp_path: P
 @pytest.mark.slow
 def test_a_two_job_sweep_leaves_two_mlflow_runs(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run([str(TRAIN_BIN), "-m", "optim.lr=1e-4,3e-4", *QUICK], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(TRAIN_BIN), "-m", "optim.lr=1e-4,3e-4", *QUICK],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = mlflow_runs(tmp_path)
     assert len(runs) == 2

@@ -37,11 +37,22 @@ def test_default_dir_is_env_var_else_cwd(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_key_is_stable_and_changes_with_every_part() -> None:
-    base = dict(source={"hub_id": "a", "config": "b"}, template="{question}", tokenizer="gpt2", seed=1, fraction=0.02)
+    base = dict(
+        source={"hub_id": "a", "config": "b"},
+        template="{question}",
+        tokenizer="gpt2",
+        seed=1,
+        fraction=0.02,
+    )
     key = cache_key(**base)
     assert key == cache_key(**dict(reversed(list(base.items()))))
-    for name, other in [("source", {"hub_id": "a", "config": "c"}), ("template", "{context}"),
-                        ("tokenizer", "cl100k_base"), ("seed", 2), ("fraction", 0.05)]:
+    for name, other in [
+        ("source", {"hub_id": "a", "config": "c"}),
+        ("template", "{context}"),
+        ("tokenizer", "cl100k_base"),
+        ("seed", 2),
+        ("fraction", 0.05),
+    ]:
         assert cache_key(**{**base, name: other}) != key, name
 
 
@@ -59,7 +70,9 @@ def test_file_identity_follows_size_and_mtime(tmp_path: Path) -> None:
 
 def test_hub_identity_names_the_main_branch_when_unpinned() -> None:
     assert hub_identity("qiaojin/PubMedQA", "pqa_labeled", None, "train")["revision"] == "main"
-    assert cache_key(s=hub_identity("x", "c", None, "train")) != cache_key(s=hub_identity("x", "c", "abc123", "train"))
+    assert cache_key(s=hub_identity("x", "c", None, "train")) != cache_key(
+        s=hub_identity("x", "c", "abc123", "train")
+    )
 
 
 def test_second_use_reads_the_file_without_building(tmp_path: Path) -> None:
@@ -85,7 +98,9 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     assert _files(tmp_path) == []
 
 
-def test_interrupted_write_leaves_no_half_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_write_leaves_no_half_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def half_save(f, arr, allow_pickle=False):
         f.write(b"\x93NUMPY half")  # some bytes reach the disk, then the run is killed
         raise KeyboardInterrupt

@@ -27,19 +27,24 @@ SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
 # --------------------------------------------------------------------------- helpers
 
 
-def write_doc(path: Path, pairs, doc_id="0000001", source="Test", focus="Thing",
-              root="Document", id_attr="id") -> Path:
+def write_doc(
+    path: Path, pairs, doc_id="0000001", source="Test", focus="Thing", root="Document", id_attr="id"
+) -> Path:
     """A MedQuAD-shaped XML file; ``pairs`` are (question, answer or None for no <Answer>)."""
     qa = []
     for i, (q, a) in enumerate(pairs, 1):
         answer = "" if a is None else f"<Answer>{escape(a)}</Answer>"
-        qa.append(f'<QAPair pid="{i}"><Question qid="{doc_id}-{i}" qtype="information">'
-                  f"{escape(q)}</Question>{answer}</QAPair>")
+        qa.append(
+            f'<QAPair pid="{i}"><Question qid="{doc_id}-{i}" qtype="information">'
+            f"{escape(q)}</Question>{answer}</QAPair>"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         f'<{root} {id_attr}="{doc_id}" source="{source}" url="https://example.org/{doc_id}">\n'
-        f"<Focus>{escape(focus)}</Focus>\n<QAPairs>\n" + "\n".join(qa) + f"\n</QAPairs>\n</{root}>\n",
+        f"<Focus>{escape(focus)}</Focus>\n<QAPairs>\n"
+        + "\n".join(qa)
+        + f"\n</QAPairs>\n</{root}>\n",
         encoding="utf-8",
     )
     return path
@@ -130,11 +135,15 @@ def test_real_length_filter(medquad_root: Path, tmp_path: Path) -> None:
     assert lengths and max(lengths) <= 512
     total = summary.total()
     assert total.dropped["too_long"] > 0
-    assert total.read == total.kept + sum(total.dropped[r] for r in ("empty_answer", "duplicate", "too_long"))
+    assert total.read == total.kept + sum(
+        total.dropped[r] for r in ("empty_answer", "duplicate", "too_long")
+    )
 
 
 @pytest.mark.shared_data
-def test_real_split_is_stable(medquad_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_split_is_stable(
+    medquad_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     a = convert(medquad_root, tmp_path / "a", max_tokens=None, seed=7)
     convert(medquad_root, tmp_path / "b", max_tokens=None, seed=7)
     assert snapshot(tmp_path / "a") == snapshot(tmp_path / "b")
@@ -157,16 +166,29 @@ def test_real_split_is_stable(medquad_root: Path, tmp_path: Path, monkeypatch: p
 
 
 def test_records_and_whitespace(tmp_path: Path) -> None:
-    write_doc(tmp_path / "src" / "3_Some_QA" / "0000001.xml",
-              [("  What is\n\tX  ?  ", "Line one.\n\n   Line\ttwo.  "), ("Who gets X ?", "Anyone")],
-              focus=" X  disease ")
-    write_doc(tmp_path / "src" / "9_CDC_QA" / "0000397.xml", [("What is Y ?", "Y is &lt;rare&gt; & odd")],
-              root="DiseaseFile", id_attr="fid", doc_id="0000397")
+    write_doc(
+        tmp_path / "src" / "3_Some_QA" / "0000001.xml",
+        [("  What is\n\tX  ?  ", "Line one.\n\n   Line\ttwo.  "), ("Who gets X ?", "Anyone")],
+        focus=" X  disease ",
+    )
+    write_doc(
+        tmp_path / "src" / "9_CDC_QA" / "0000397.xml",
+        [("What is Y ?", "Y is &lt;rare&gt; & odd")],
+        root="DiseaseFile",
+        id_attr="fid",
+        doc_id="0000397",
+    )
     summary = convert(tmp_path / "src", tmp_path / "out", val_frac=0, test_frac=0)
     recs = read_jsonl(tmp_path / "out" / "train.jsonl")
-    assert recs[0] == {"instruction": "What is X ?", "input": "", "output": "Line one. Line two.",
-                       "source": "3_Some_QA", "focus": "X disease", "qtype": "information",
-                       "document_id": "0000001"}
+    assert recs[0] == {
+        "instruction": "What is X ?",
+        "input": "",
+        "output": "Line one. Line two.",
+        "source": "3_Some_QA",
+        "focus": "X disease",
+        "qtype": "information",
+        "document_id": "0000001",
+    }
     assert recs[2]["output"] == "Y is &lt;rare&gt; & odd" and recs[2]["document_id"] == "0000397"
     assert summary.sources["3_Some_QA"].kept == 2 and summary.sources["9_CDC_QA"].kept == 1
     assert (tmp_path / "out" / "val.jsonl").read_text() == ""
@@ -174,9 +196,13 @@ def test_records_and_whitespace(tmp_path: Path) -> None:
 
 def test_empty_answers_and_duplicates(tmp_path: Path) -> None:
     src = tmp_path / "src"
-    write_doc(src / "1_A_QA" / "1.xml", [("Q1 ?", "A1"), ("Q2 ?", ""), ("Q3 ?", " \n\t "), ("Q4 ?", None)])
+    write_doc(
+        src / "1_A_QA" / "1.xml", [("Q1 ?", "A1"), ("Q2 ?", ""), ("Q3 ?", " \n\t "), ("Q4 ?", None)]
+    )
     # the same pair up to whitespace, in a later file and another folder: a duplicate there
-    write_doc(src / "2_B_QA" / "1.xml", [("Q1  ?", "\nA1 "), ("Q1 ?", "another answer"), ("Q1 ?", "A1")])
+    write_doc(
+        src / "2_B_QA" / "1.xml", [("Q1  ?", "\nA1 "), ("Q1 ?", "another answer"), ("Q1 ?", "A1")]
+    )
     summary = convert(src, tmp_path / "out", max_tokens=None)
     a, b = summary.sources["1_A_QA"], summary.sources["2_B_QA"]
     assert (a.read, a.kept, a.dropped["empty_answer"], a.dropped["duplicate"]) == (4, 1, 3, 0)
@@ -190,9 +216,13 @@ def test_empty_answers_and_duplicates(tmp_path: Path) -> None:
 
 def test_length_filter_counts_the_prompt(tmp_path: Path) -> None:
     answer = "The answer is " + "very " * 40 + "long."
-    write_doc(tmp_path / "src" / "1_A_QA" / "1.xml", [("What is it ?", answer), ("Short ?", "Yes.")])
+    write_doc(
+        tmp_path / "src" / "1_A_QA" / "1.xml", [("What is it ?", answer), ("Short ?", "Yes.")]
+    )
     n = len(encode(format_prompt("What is it ?") + answer))
-    assert n == len(encode(ALPACA_TEMPLATE["prompt_no_input"].format(instruction="What is it ?") + answer))
+    assert n == len(
+        encode(ALPACA_TEMPLATE["prompt_no_input"].format(instruction="What is it ?") + answer)
+    )
 
     kept = convert(tmp_path / "src", tmp_path / "o1", max_tokens=n).sources["1_A_QA"]
     assert (kept.kept, kept.dropped["too_long"]) == (2, 0)
@@ -208,7 +238,9 @@ def test_format_prompt_alpaca() -> None:
     assert format_prompt("Do X.").endswith("### Instruction:\nDo X.\n\n### Response:\n")
     with_input = format_prompt("Do X.", "on Y")
     assert "### Input:\non Y\n\n### Response:\n" in with_input
-    assert with_input.startswith("Below is an instruction that describes a task, paired with an input")
+    assert with_input.startswith(
+        "Below is an instruction that describes a task, paired with an input"
+    )
 
 
 # --------------------------------------------------------------------------- split and outputs
@@ -230,11 +262,16 @@ def test_split_partition_fractions_and_order(tmp_path: Path) -> None:
     assert order == sorted(order, key=lambda k: (k[0], int(k[1])))
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"val_frac": 1.2}, "val_frac"), ({"test_frac": -0.1}, "test_frac"),
-    ({"val_frac": 0.5, "test_frac": 0.5}, "val_frac + test_frac"), ({"max_tokens": 0}, "max_tokens"),
-    ({"fmt": "json"}, "format"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"val_frac": 1.2}, "val_frac"),
+        ({"test_frac": -0.1}, "test_frac"),
+        ({"val_frac": 0.5, "test_frac": 0.5}, "val_frac + test_frac"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"fmt": "json"}, "format"),
+    ],
+)
 def test_bad_settings_fail_before_reading(tmp_path: Path, kwargs, key) -> None:
     with pytest.raises(ConfigError, match=re.escape(key)):
         convert(tmp_path / "missing", tmp_path / "out", **kwargs)
@@ -268,8 +305,10 @@ def test_outputs_are_all_or_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 def make_bad_xml(root: Path) -> Path:
     write_doc(root / "1_A_QA" / "0000001.xml", [("Q1 ?", "A1"), ("Q2 ?", "A2")])
     bad = root / "1_A_QA" / "0000002.xml"
-    bad.write_text('<?xml version="1.0"?>\n<Document id="2">\n<QAPairs>\n<QAPair pid="1">\n'
-                   "<Question>Q ?</Question><Answer>A & B</Answer>\n</QAPair></QAPairs></Document>\n")
+    bad.write_text(
+        '<?xml version="1.0"?>\n<Document id="2">\n<QAPairs>\n<QAPair pid="1">\n'
+        "<Question>Q ?</Question><Answer>A & B</Answer>\n</QAPair></QAPairs></Document>\n"
+    )
     return bad
 
 
@@ -292,11 +331,13 @@ def test_skip_bad_counts_malformed_files(tmp_path: Path) -> None:
     assert len(read_jsonl(tmp_path / "out" / "train.jsonl")) == 2
 
 
-CSV_GOOD = ('question,answer,source,focus_area\n'
-            'What is X?,"X is a thing, with a comma\nand a second line",GARD,X\n'
-            'What is Y?,"Y says ""hi""",CDC,Y\n'
-            '\n'
-            'Who gets Z?,,GARD,Z\n')
+CSV_GOOD = (
+    "question,answer,source,focus_area\n"
+    'What is X?,"X is a thing, with a comma\nand a second line",GARD,X\n'
+    'What is Y?,"Y says ""hi""",CDC,Y\n'
+    "\n"
+    "Who gets Z?,,GARD,Z\n"
+)
 
 
 def test_csv_export(tmp_path: Path) -> None:
@@ -311,13 +352,18 @@ def test_csv_export(tmp_path: Path) -> None:
     assert medquad.detect_format(tmp_path) == "csv"
 
 
-@pytest.mark.parametrize("tail, problem, kept_when_skipped", [
-    # the quote opened on line 7 swallows the rest of the file
-    ('What is W?,"W never closes,GARD,W\nLast?,row,CDC,L\n', "unterminated quoted field", 2),
-    ("Extra?,a,GARD,E,surplus\nFine?,yes,CDC,F\n", "expected 4 columns .* got 5", 3),
-    ('Stray?,"a" b,GARD,S\nFine?,yes,CDC,F\n', "bad CSV quoting", 3),
-])
-def test_csv_errors_name_file_and_line(tmp_path: Path, tail: str, problem: str, kept_when_skipped: int) -> None:
+@pytest.mark.parametrize(
+    "tail, problem, kept_when_skipped",
+    [
+        # the quote opened on line 7 swallows the rest of the file
+        ('What is W?,"W never closes,GARD,W\nLast?,row,CDC,L\n', "unterminated quoted field", 2),
+        ("Extra?,a,GARD,E,surplus\nFine?,yes,CDC,F\n", "expected 4 columns .* got 5", 3),
+        ('Stray?,"a" b,GARD,S\nFine?,yes,CDC,F\n', "bad CSV quoting", 3),
+    ],
+)
+def test_csv_errors_name_file_and_line(
+    tmp_path: Path, tail: str, problem: str, kept_when_skipped: int
+) -> None:
     path = tmp_path / "medquad.csv"
     path.write_text(CSV_GOOD + tail, encoding="utf-8")
     with pytest.raises(DataError, match=rf"medquad\.csv, line 7: {problem}"):

@@ -31,7 +31,9 @@ def test_tokenize_texts_encodes_special_token_text_as_plain_text() -> None:
 
 
 def test_tokenize_texts_accepts_a_generator_and_nothing() -> None:
-    assert tokenize_texts((t for t in ["a", "b"]), GPT2).tolist() == encode("a") + [GPT2_EOT] + encode("b") + [GPT2_EOT]
+    assert tokenize_texts((t for t in ["a", "b"]), GPT2).tolist() == encode("a") + [
+        GPT2_EOT
+    ] + encode("b") + [GPT2_EOT]
     empty = tokenize_texts([], GPT2)
     assert empty.shape == (0,) and empty.dtype == np.uint16
 
@@ -64,7 +66,9 @@ def test_the_last_window_may_use_the_final_token_as_its_last_label() -> None:
 
 def test_exactly_one_block_needs_block_size_plus_one_tokens() -> None:
     assert len(PackedBlocks(np.arange(9), block_size=8)) == 1
-    with pytest.raises(DataError, match=r"pubmedqa val split: empty dataset: 8 tokens.*block_size \+ 1 = 9"):
+    with pytest.raises(
+        DataError, match=r"pubmedqa val split: empty dataset: 8 tokens.*block_size \+ 1 = 9"
+    ):
         PackedBlocks(np.arange(8), block_size=8, name="pubmedqa val split")
 
 

@@ -30,9 +30,11 @@ from medlm.errors import ConfigError, DataError, MedlmError
 
 # sha256 of "\n".join(sorted ids) of data/test_ground_truth.json in github.com/pubmedqa/pubmedqa
 AUTHORS_TEST_SHA256 = "406e3b89eff577ed38571eca5a5819734a6f49ac0437d171b6c64e5c3cd195f8"
-UNREACHABLE = ("cannot reach the Hugging Face Hub for qiaojin/PubMedQA (pqa_labeled) and no local data is "
-               "configured: set data.path=/path/to/ori_pqal.json or MEDLM_DATA_DIR=/path/to/data (with "
-               "pubmedqa/ori_pqal.json)")
+UNREACHABLE = (
+    "cannot reach the Hugging Face Hub for qiaojin/PubMedQA (pqa_labeled) and no local data is "
+    "configured: set data.path=/path/to/ori_pqal.json or MEDLM_DATA_DIR=/path/to/data (with "
+    "pubmedqa/ori_pqal.json)"
+)
 
 
 # ------------------------------------------------------------------------------ synthetic files
@@ -59,9 +61,12 @@ def ori_record(i: int, decision: str | None = "yes") -> dict:
 def hub_row(i: int, decision: str | None = "yes") -> dict:
     """The same record as the Hub's pqa_* configs hold it."""
     o = ori_record(i, decision)
-    row = {"pubid": 1000 + i, "question": o["QUESTION"],
-           "context": {"contexts": o["CONTEXTS"], "labels": o["LABELS"], "meshes": o["MESHES"]},
-           "long_answer": o["LONG_ANSWER"]}
+    row = {
+        "pubid": 1000 + i,
+        "question": o["QUESTION"],
+        "context": {"contexts": o["CONTEXTS"], "labels": o["LABELS"], "meshes": o["MESHES"]},
+        "long_answer": o["LONG_ANSWER"],
+    }
     if decision is not None:
         row["final_decision"] = decision
     return row
@@ -81,7 +86,9 @@ def write_jsonl(path: Path, rows: list) -> Path:
 
 def small_ori(tmp_path: Path, n: int = 12) -> Path:
     labels = ["yes", "no", "maybe"]
-    return write_ori(tmp_path / "ori_pqal.json", {str(1000 + i): ori_record(i, labels[i % 3]) for i in range(n)})
+    return write_ori(
+        tmp_path / "ori_pqal.json", {str(1000 + i): ori_record(i, labels[i % 3]) for i in range(n)}
+    )
 
 
 def dm_for(path, tmp_path: Path, **kw) -> PubMedQADataModule:
@@ -100,16 +107,18 @@ def raising_tokenizer(*args, **kwargs):
 @pytest.fixture(scope="module")
 def real_dm(shared_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> PubMedQADataModule:
     """The real 1,000 records, tokenised once for the module (directory form of data.path)."""
-    dm = PubMedQADataModule(path=str(shared_data_dir / "pubmedqa"),
-                            cache_dir=str(tmp_path_factory.mktemp("pqa-cache")))
+    dm = PubMedQADataModule(
+        path=str(shared_data_dir / "pubmedqa"), cache_dir=str(tmp_path_factory.mktemp("pqa-cache"))
+    )
     dm.prepare_data()
     dm.setup("fit")
     return dm
 
 
 @pytest.mark.shared_data
-def test_local_file_is_found_through_medlm_data_dir(shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    tmp_path: Path) -> None:
+def test_local_file_is_found_through_medlm_data_dir(
+    shared_data_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("MEDLM_DATA_DIR", str(shared_data_dir))
     dm = PubMedQADataModule(cache_dir=str(tmp_path))
     assert dm.source == LocalSource((shared_data_dir / "pubmedqa" / "ori_pqal.json",))
@@ -123,7 +132,9 @@ def test_local_file_is_found_through_medlm_data_dir(shared_data_dir: Path, monke
 
 
 @pytest.mark.shared_data
-def test_split_is_by_record_seeded_and_deterministic(real_dm: PubMedQADataModule, tmp_path: Path) -> None:
+def test_split_is_by_record_seeded_and_deterministic(
+    real_dm: PubMedQADataModule, tmp_path: Path
+) -> None:
     train, val = real_dm.train_val_records()
     assert (len(train), len(val)) == (980, 20)
     assert {r.pubid for r in train}.isdisjoint(r.pubid for r in val)
@@ -142,9 +153,13 @@ def test_tokens_are_templated_records_separated_by_end_of_text(real_dm: PubMedQA
     train, val = real_dm.train_val_records()
     train_tokens, val_tokens = real_dm.train_dataset.tokens, real_dm.val_dataset.tokens
     assert train_tokens.dtype == np.uint16
-    assert int((train_tokens == GPT2_EOT).sum()) == 980 and int((val_tokens == GPT2_EOT).sum()) == 20
+    assert (
+        int((train_tokens == GPT2_EOT).sum()) == 980 and int((val_tokens == GPT2_EOT).sum()) == 20
+    )
     text = val[0].format(DEFAULT_TEMPLATE)
-    assert text.startswith(f"Question: {val[0].question}\nContext: {' '.join(val[0].contexts)}\nAnswer: ")
+    assert text.startswith(
+        f"Question: {val[0].question}\nContext: {' '.join(val[0].contexts)}\nAnswer: "
+    )
     assert text.endswith(f"\nDecision: {val[0].final_decision}")
     first = encode(text) + [GPT2_EOT]
     assert val_tokens[: len(first)].tolist() == first
@@ -171,7 +186,9 @@ def test_blocks_and_loaders(real_dm: PubMedQADataModule) -> None:
 
 @pytest.mark.shared_data
 def test_train_order_is_seeded_and_changes_per_epoch(real_dm: PubMedQADataModule) -> None:
-    order = real_dm.train_dataloader().batch_sampler.sampler  # the resumable loader batches this order
+    order = (
+        real_dm.train_dataloader().batch_sampler.sampler
+    )  # the resumable loader batches this order
     order.set_epoch(0)
     epoch0 = list(order)
     order.set_epoch(1)
@@ -179,13 +196,16 @@ def test_train_order_is_seeded_and_changes_per_epoch(real_dm: PubMedQADataModule
     assert epoch0 != epoch1 and sorted(epoch0) == list(range(len(real_dm.train_dataset)))
     fresh = real_dm.train_dataloader()
     assert list(fresh.batch_sampler.sampler) == epoch0
-    assert torch.equal(next(iter(real_dm.train_dataloader()))["input_ids"][0],
-                       real_dm.train_dataset[epoch0[0]]["input_ids"])
+    assert torch.equal(
+        next(iter(real_dm.train_dataloader()))["input_ids"][0],
+        real_dm.train_dataset[epoch0[0]]["input_ids"],
+    )
 
 
 @pytest.mark.shared_data
-def test_second_setup_reads_the_cache_without_tokenising(real_dm: PubMedQADataModule,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_setup_reads_the_cache_without_tokenising(
+    real_dm: PubMedQADataModule, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(packing, "tokenize_texts", raising_tokenizer)
     again = PubMedQADataModule(path=real_dm.path, cache_dir=str(real_dm.cache.dir))
     again.prepare_data()
@@ -194,15 +214,20 @@ def test_second_setup_reads_the_cache_without_tokenising(real_dm: PubMedQADataMo
     assert np.array_equal(again.val_dataset.tokens, real_dm.val_dataset.tokens)
 
     calls = []
-    monkeypatch.setattr(packing, "tokenize_texts", lambda texts, tok: calls.append(tok) or np.arange(300))
-    changed = PubMedQADataModule(path=real_dm.path, cache_dir=str(real_dm.cache.dir),
-                                 template="{question} {long_answer}")
+    monkeypatch.setattr(
+        packing, "tokenize_texts", lambda texts, tok: calls.append(tok) or np.arange(300)
+    )
+    changed = PubMedQADataModule(
+        path=real_dm.path, cache_dir=str(real_dm.cache.dir), template="{question} {long_answer}"
+    )
     changed.setup("fit")
     assert len(calls) == 2  # a new template is a new key: train and val are tokenised again
 
 
 @pytest.mark.shared_data
-def test_sample_prompts_are_the_first_validation_questions(real_dm: PubMedQADataModule, tmp_path: Path) -> None:
+def test_sample_prompts_are_the_first_validation_questions(
+    real_dm: PubMedQADataModule, tmp_path: Path
+) -> None:
     prompts = real_dm.sample_prompts()
     val = real_dm.train_val_records()[1]
     assert len(prompts) == 3
@@ -212,7 +237,9 @@ def test_sample_prompts_are_the_first_validation_questions(real_dm: PubMedQAData
     assert real_dm.sample_records() == val[:3]
     refs = real_dm.sample_references()
     assert refs == [f"{r.long_answer}\nDecision: {r.final_decision}" for r in val[:3]]
-    assert PubMedQADataModule(path=real_dm.path, cache_dir=str(tmp_path)).sample_prompts() == prompts
+    assert (
+        PubMedQADataModule(path=real_dm.path, cache_dir=str(tmp_path)).sample_prompts() == prompts
+    )
     assert len(real_dm.sample_prompts(5)) == 5 and len(real_dm.sample_prompts(100)) == 20
 
 
@@ -225,7 +252,11 @@ def test_official_test_split_is_the_authors(real_dm: PubMedQADataModule) -> None
     assert Counter(r.final_decision for r in test) == {"yes": 276, "no": 169, "maybe": 55}
     # the authors list yes, then no, then maybe, each in their shuffled order
     assert ids[:3] == ["12377809", "26163474", "19100463"]
-    assert ids[276:278] == ["24577079", "24669960"] and ids[445] == "18284441" and ids[-1] == "26134053"
+    assert (
+        ids[276:278] == ["24577079", "24669960"]
+        and ids[445] == "18284441"
+        and ids[-1] == "26134053"
+    )
     by_id = {r.pubid: r for r in real_dm.records()}
     assert all(by_id[r.pubid] == r for r in test)
 
@@ -236,7 +267,9 @@ def test_official_test_split_is_the_authors(real_dm: PubMedQADataModule) -> None
 
 
 @pytest.mark.shared_data
-def test_exclude_official_test_trains_on_the_other_500(real_dm: PubMedQADataModule, tmp_path: Path) -> None:
+def test_exclude_official_test_trains_on_the_other_500(
+    real_dm: PubMedQADataModule, tmp_path: Path
+) -> None:
     dm = PubMedQADataModule(path=real_dm.path, cache_dir=str(tmp_path), exclude_official_test=True)
     train, val = dm.train_val_records()
     test_ids = {r.pubid for r in real_dm.official_test_split()}
@@ -274,7 +307,9 @@ def test_authors_split_in_halves_keeps_label_proportions() -> None:
 
 def test_official_split_refuses_records_that_are_not_pqa_l(tmp_path: Path) -> None:
     dm = dm_for(small_ori(tmp_path), tmp_path)
-    with pytest.raises(DataError, match=r"ori_pqal.json: these 12 records do not reproduce .* test split"):
+    with pytest.raises(
+        DataError, match=r"ori_pqal.json: these 12 records do not reproduce .* test split"
+    ):
         dm.official_test_split()
     with pytest.raises(ConfigError, match="hub_config=pqa_labeled"):
         dm_for(small_ori(tmp_path), tmp_path, hub_config="pqa_artificial").official_test_split()
@@ -306,7 +341,9 @@ def test_hub_exports_read_like_the_original_file(fmt: str, tmp_path: Path) -> No
     assert from_export.train_dataset[0]["input_ids"].shape == (8,)
 
 
-def test_hub_records_come_from_load_dataset(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_hub_records_come_from_load_dataset(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("MEDLM_DATA_DIR", raising=False)
     calls = []
 
@@ -326,11 +363,17 @@ def test_hub_records_come_from_load_dataset(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_sample_references_with_a_template_that_does_not_extend_the_prompt(tmp_path: Path) -> None:
-    dm = dm_for(small_ori(tmp_path), tmp_path, template="{long_answer} [{final_decision}] {question}",
-                num_sample_questions=2)
+    dm = dm_for(
+        small_ori(tmp_path),
+        tmp_path,
+        template="{long_answer} [{final_decision}] {question}",
+        num_sample_questions=2,
+    )
     records = dm.sample_records()
     assert len(records) == 2 and records == dm.train_val_records()[1][:2]
-    assert dm.sample_references() == [f"{r.long_answer}\nDecision: {r.final_decision}" for r in records]
+    assert dm.sample_references() == [
+        f"{r.long_answer}\nDecision: {r.final_decision}" for r in records
+    ]
     assert dm.sample_prompts(0) == [] and dm.sample_references(0) == []
 
 
@@ -338,8 +381,12 @@ def test_unlabeled_config_needs_no_decision(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "pqa_unlabeled.jsonl", [hub_row(i, None) for i in range(8)])
     with pytest.raises(ConfigError, match=r"data.template uses \{final_decision\}"):
         dm_for(path, tmp_path, hub_config="pqa_unlabeled")
-    dm = dm_for(path, tmp_path, hub_config="pqa_unlabeled",
-                template="Question: {question}\nContext: {context}\nAnswer: {long_answer}")
+    dm = dm_for(
+        path,
+        tmp_path,
+        hub_config="pqa_unlabeled",
+        template="Question: {question}\nContext: {context}\nAnswer: {long_answer}",
+    )
     assert all(r.final_decision is None for r in dm.records())
     assert dm.sample_references(1) == [dm.sample_records(1)[0].long_answer]
     dm.setup("fit")
@@ -354,14 +401,23 @@ def test_unlabeled_config_needs_no_decision(tmp_path: Path) -> None:
 def test_malformed_json_names_file_line_and_column(tmp_path: Path) -> None:
     path = tmp_path / "ori_pqal.json"
     path.write_text('{\n  "1": {"QUESTION": "q",\n    "CONTEXTS": ["c"] "LONG_ANSWER": "a"}\n}\n')
-    with pytest.raises(DataError, match=r"ori_pqal.json: malformed JSON at line 3 column 23: Expecting .,. delimiter"):
+    with pytest.raises(
+        DataError,
+        match=r"ori_pqal.json: malformed JSON at line 3 column 23: Expecting .,. delimiter",
+    ):
         dm_for(path, tmp_path).records()
 
 
 @pytest.mark.parametrize("name", ["pqa_labeled.jsonl", "pqa_labeled.json"])
 def test_malformed_json_lines_name_the_line(name: str, tmp_path: Path) -> None:
     path = tmp_path / name
-    path.write_text(json.dumps(hub_row(1)) + "\n" + json.dumps(hub_row(2)) + "\n" + '{"pubid": 3, "question": \n')
+    path.write_text(
+        json.dumps(hub_row(1))
+        + "\n"
+        + json.dumps(hub_row(2))
+        + "\n"
+        + '{"pubid": 3, "question": \n'
+    )
     with pytest.raises(DataError, match=rf"{name}: line 3 column \d+: malformed JSON"):
         dm_for(path, tmp_path).records()
 
@@ -379,7 +435,9 @@ def test_missing_nested_field_in_jsonl_names_the_line(tmp_path: Path) -> None:
     rows = [hub_row(i) for i in range(4)]
     del rows[2]["context"]["contexts"]
     path = write_jsonl(tmp_path / "pqa_labeled.jsonl", rows)
-    with pytest.raises(DataError, match=r"pqa_labeled.jsonl: line 3: pubid 1002: missing field 'context.contexts'"):
+    with pytest.raises(
+        DataError, match=r"pqa_labeled.jsonl: line 3: pubid 1002: missing field 'context.contexts'"
+    ):
         dm_for(path, tmp_path).records()
 
 
@@ -395,7 +453,9 @@ def test_unknown_label_names_file_pubid_and_label(label: str, tmp_path: Path) ->
     records = {str(1000 + i): ori_record(i) for i in range(3)}
     records["1001"]["final_decision"] = label
     path = write_ori(tmp_path / "ori_pqal.json", records)
-    with pytest.raises(DataError, match=rf"ori_pqal.json: pubid 1001: unknown final_decision label '{label}'"):
+    with pytest.raises(
+        DataError, match=rf"ori_pqal.json: pubid 1001: unknown final_decision label '{label}'"
+    ):
         dm_for(path, tmp_path).records()
 
 
@@ -405,16 +465,21 @@ def test_duplicate_pubid_is_an_error(tmp_path: Path) -> None:
         dm_for(path, tmp_path).records()
 
 
-@pytest.mark.parametrize("name,content,message", [
-    ("ori_pqal.json", b"{}", "no PubMedQA records found"),  # zero records
-    ("pqa_labeled.jsonl", b"", "no PubMedQA records found"),
-    ("pqa_labeled.jsonl", b"\n\n", "no PubMedQA records found"),
-    ("pqa_labeled.jsonl", b"[1, 2]\n", "line 1: expected a record object"),
-    ("ori_pqal.json", b'{"1": {"QUESTION": "\xff"}}', r"not UTF-8 text"),
-    ("pqa.csv", b"a,b\n", r"unsupported file type \.csv"),
-    ("pqa_labeled.parquet", b"PAR1 this is not parquet", "cannot read parquet"),
-])
-def test_unreadable_files_are_named(name: str, content: bytes, message: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("ori_pqal.json", b"{}", "no PubMedQA records found"),  # zero records
+        ("pqa_labeled.jsonl", b"", "no PubMedQA records found"),
+        ("pqa_labeled.jsonl", b"\n\n", "no PubMedQA records found"),
+        ("pqa_labeled.jsonl", b"[1, 2]\n", "line 1: expected a record object"),
+        ("ori_pqal.json", b'{"1": {"QUESTION": "\xff"}}', r"not UTF-8 text"),
+        ("pqa.csv", b"a,b\n", r"unsupported file type \.csv"),
+        ("pqa_labeled.parquet", b"PAR1 this is not parquet", "cannot read parquet"),
+    ],
+)
+def test_unreadable_files_are_named(
+    name: str, content: bytes, message: str, tmp_path: Path
+) -> None:
     path = tmp_path / name
     path.write_bytes(content)
     with pytest.raises(DataError, match=rf"{name}: {message}"):
@@ -433,10 +498,16 @@ def test_directory_without_data_files(tmp_path: Path) -> None:
         dm_for(tmp_path / "empty", tmp_path).records()
 
 
-@pytest.mark.parametrize("error", [ConnectionError("Couldn't reach 'qiaojin/PubMedQA' on the Hub (OfflineModeIsEnabled)"),
-                                   OSError("[Errno -2] Name or service not known")])
-def test_hub_unreachable_without_local_data(error: Exception, monkeypatch: pytest.MonkeyPatch,
-                                            tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionError("Couldn't reach 'qiaojin/PubMedQA' on the Hub (OfflineModeIsEnabled)"),
+        OSError("[Errno -2] Name or service not known"),
+    ],
+)
+def test_hub_unreachable_without_local_data(
+    error: Exception, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.delenv("MEDLM_DATA_DIR", raising=False)
 
     def offline(*args, **kwargs):
@@ -452,7 +523,9 @@ def test_hub_unreachable_without_local_data(error: Exception, monkeypatch: pytes
     assert not (tmp_path / "cache").exists()
 
 
-def test_hub_unreachable_mentions_an_unhelpful_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_hub_unreachable_mentions_an_unhelpful_data_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("MEDLM_DATA_DIR", str(tmp_path))  # has no pubmedqa/ folder
 
     def offline(*args, **kwargs):
@@ -463,7 +536,9 @@ def test_hub_unreachable_mentions_an_unhelpful_data_dir(monkeypatch: pytest.Monk
         PubMedQADataModule(cache_dir=str(tmp_path / "cache")).records()
 
 
-def test_real_offline_load_dataset_gives_the_hub_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_real_offline_load_dataset_gives_the_hub_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """Not mocked: datasets itself in offline mode with an empty cache."""
     import huggingface_hub
 
@@ -490,7 +565,9 @@ def test_a_single_record_cannot_be_split(tmp_path: Path) -> None:
         dm.setup("fit")
 
 
-def test_failed_tokenising_leaves_no_cache_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_tokenising_leaves_no_cache_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = small_ori(tmp_path)
 
     def dies_midway(texts, tokenizer):
@@ -521,15 +598,26 @@ def test_changed_file_is_tokenised_again(tmp_path: Path, monkeypatch: pytest.Mon
         dm_for(path, tmp_path).setup("fit")
 
 
-@pytest.mark.parametrize("kwargs,key", [
-    ({"val_fraction": 0.0}, "data.val_fraction"), ({"val_fraction": 1.0}, "data.val_fraction"),
-    ({"block_size": 0}, "data.block_size"), ({"batch_size": 0}, "data.batch_size"),
-    ({"num_workers": -1}, "data.num_workers"), ({"num_sample_questions": -2}, "data.num_sample_questions"),
-    ({"hub_config": "pqa_other"}, "data.hub_config"), ({"template": "{question} {answer}"}, "data.template"),
-    ({"template": "{question"}, "data.template"), ({"template": ""}, "data.template"),
-    ({"prompt_template": "{0}"}, "data.prompt_template"),
-    ({"hub_config": "pqa_artificial", "exclude_official_test": True}, "data.exclude_official_test"),
-])
+@pytest.mark.parametrize(
+    "kwargs,key",
+    [
+        ({"val_fraction": 0.0}, "data.val_fraction"),
+        ({"val_fraction": 1.0}, "data.val_fraction"),
+        ({"block_size": 0}, "data.block_size"),
+        ({"batch_size": 0}, "data.batch_size"),
+        ({"num_workers": -1}, "data.num_workers"),
+        ({"num_sample_questions": -2}, "data.num_sample_questions"),
+        ({"hub_config": "pqa_other"}, "data.hub_config"),
+        ({"template": "{question} {answer}"}, "data.template"),
+        ({"template": "{question"}, "data.template"),
+        ({"template": ""}, "data.template"),
+        ({"prompt_template": "{0}"}, "data.prompt_template"),
+        (
+            {"hub_config": "pqa_artificial", "exclude_official_test": True},
+            "data.exclude_official_test",
+        ),
+    ],
+)
 def test_bad_settings_fail_before_reading_data(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         PubMedQADataModule(path="/does/not/matter", **kwargs)
@@ -554,8 +642,16 @@ def test_lightning_fit_uses_the_datamodule_and_reshuffles_per_epoch(tmp_path: Pa
 
     dm = dm_for(small_ori(tmp_path, n=24), tmp_path, batch_size=64)
     model = Recorder()
-    L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=0,
-              enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path).fit(model, dm)
+    L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    ).fit(model, dm)
     per_epoch = {e: torch.cat([x for epoch, x in model.seen if epoch == e]) for e in (0, 1)}
     for epoch, inputs in per_epoch.items():
         sampler = EpochShuffleSampler(len(dm.train_dataset), dm.seed)

@@ -20,9 +20,9 @@ from medlm.data.pubmedqa import (
     pubmedqa_source,
 )
 from medlm.data.pubmedqa_classification import PubMedQAClassificationDataModule
-from medlm.models.checkpoint import load_network, read_checkpoint
 from medlm.errors import ConfigError, DataError
 from medlm.eval.pubmedqa import score_pubmedqa
+from medlm.models.checkpoint import load_network, read_checkpoint
 from tests.helpers import compose_train, mlflow_runs
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medlm.data.question_pairs import (DEFAULT_TEMPLATE, QuestionPairsDataModule, encode_pair,
-                                       read_pairs_csv)
+from medlm.data.question_pairs import (
+    DEFAULT_TEMPLATE,
+    QuestionPairsDataModule,
+    encode_pair,
+    read_pairs_csv,
+)
 from medlm.data.tokenizer import load_tokenizer
 
 GPT2 = load_tokenizer("gpt2")
 GPT2_EOT, encode, decode = GPT2.eot_id, GPT2.encode, GPT2.decode
-from medlm.errors import MedlmError, ConfigError, DataError
+from medlm.errors import ConfigError, DataError, MedlmError
 
 
 def _write_csv(path, rows: list[str]) -> str:
@@ -59,10 +63,17 @@ def test_real_csv_no_original_question_crosses_splits(shared_data_dir, monkeypat
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     B, T = batch["input_ids"].shape
     assert B == 16 and T <= 128 and batch["labels"].shape == (16,)
-    assert batch["input_ids"].dtype == batch["attention_mask"].dtype == batch["labels"].dtype == torch.long
+    assert (
+        batch["input_ids"].dtype
+        == batch["attention_mask"].dtype
+        == batch["labels"].dtype
+        == torch.long
+    )
     assert (batch["input_ids"][batch["attention_mask"] == 0] == GPT2_EOT).all()
     lengths = batch["attention_mask"].sum(1)
-    assert (batch["attention_mask"] == (torch.arange(T)[None] < lengths[:, None]).long()).all()  # right-padded
+    assert (
+        batch["attention_mask"] == (torch.arange(T)[None] < lengths[:, None]).long()
+    ).all()  # right-padded
     first = decode(batch["input_ids"][0, : lengths[0]].tolist())
     p = dm.splits["val"][0]
     assert first == DEFAULT_TEMPLATE.format(question_1=p.question_1, question_2=p.question_2)
@@ -77,11 +88,15 @@ def test_overlong_pair_is_cut_inside_the_questions():
     assert text.startswith("Question 1: short question?\nQuestion 2: word word")
     assert text.endswith("\nSame meaning:")
     short = DEFAULT_TEMPLATE.format(question_1="a?", question_2="b?")
-    assert encode_pair(DEFAULT_TEMPLATE, "a?", "b?", 40, GPT2) == encode(short)  # short pairs are untouched
+    assert encode_pair(DEFAULT_TEMPLATE, "a?", "b?", 40, GPT2) == encode(
+        short
+    )  # short pairs are untouched
 
 
 def test_synthetic_csv_splits_and_header(tmp_path):
-    path = _write_csv(tmp_path / "pairs.csv", ["dr_id,question_1,question_2,label"] + _synthetic_rows(50))
+    path = _write_csv(
+        tmp_path / "pairs.csv", ["dr_id,question_1,question_2,label"] + _synthetic_rows(50)
+    )
     pairs = read_pairs_csv(path)
     assert len(pairs) == 100 and pairs[0].source == f"{path}:2"
     assert pairs[0].question_2 == "How can I ease pain, case 0?"
@@ -92,38 +107,55 @@ def test_synthetic_csv_splits_and_header(tmp_path):
     assert sum(len(b["labels"]) for b in batches) == 60
 
 
-@pytest.mark.parametrize("bad_row, problem", [
-    ("4,What is a rash?,Is a rash bad?", "expected 4 columns"),
-    ("4,What is a rash?,Is a rash bad?,2", "label must be 0 or 1, got '2'"),
-    ("4,What is a rash?,Is a rash bad?,yes", "label must be 0 or 1"),
-    ("4,   ,Is a rash bad?,1", "question 1 is empty"),
-    ("4,What is a rash?,,0", "question 2 is empty"),
-])
+@pytest.mark.parametrize(
+    "bad_row, problem",
+    [
+        ("4,What is a rash?,Is a rash bad?", "expected 4 columns"),
+        ("4,What is a rash?,Is a rash bad?,2", "label must be 0 or 1, got '2'"),
+        ("4,What is a rash?,Is a rash bad?,yes", "label must be 0 or 1"),
+        ("4,   ,Is a rash bad?,1", "question 1 is empty"),
+        ("4,What is a rash?,,0", "question 2 is empty"),
+    ],
+)
 def test_bad_csv_row_names_file_and_line(tmp_path, bad_row, problem):
-    rows = ['1,"A question that spans\ntwo lines?",Another one?,1', "1,Q?,R?,0", bad_row, "2,S?,T?,1"]
+    rows = [
+        '1,"A question that spans\ntwo lines?",Another one?,1',
+        "1,Q?,R?,0",
+        bad_row,
+        "2,S?,T?,1",
+    ]
     path = _write_csv(tmp_path / "mqp.csv", rows)
     with pytest.raises(DataError, match=problem) as err:
         QuestionPairsDataModule(path=path).setup()
-    assert f"{path}:4:" in str(err.value)  # the quoted field spans lines 1-2, so the bad row is line 4
+    assert f"{path}:4:" in str(
+        err.value
+    )  # the quoted field spans lines 1-2, so the bad row is line 4
 
 
 def test_missing_sources_are_clear(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="no such file"):
         QuestionPairsDataModule(path=str(tmp_path / "absent.csv")).setup()
-    monkeypatch.setenv("MEDLM_DATA_DIR", str(tmp_path))  # no mqp.csv there -> the Hub, offline in tests
-    with pytest.raises(MedlmError, match="curaihealth/medical_questions_pairs.*set data.path=.*mqp.csv"):
+    monkeypatch.setenv(
+        "MEDLM_DATA_DIR", str(tmp_path)
+    )  # no mqp.csv there -> the Hub, offline in tests
+    with pytest.raises(
+        MedlmError, match="curaihealth/medical_questions_pairs.*set data.path=.*mqp.csv"
+    ):
         QuestionPairsDataModule().setup()
     with pytest.raises(DataError, match="no question pairs"):
         read_pairs_csv(_write_csv(tmp_path / "empty.csv", [""]))
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    ({"template": "Q: {question_1} {answer}"}, "data.template"),
-    ({"template": "Only {question_1}:"}, "data.template"),
-    ({"max_length": 5}, "data.template alone"),
-    ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction"),
-    ({"batch_size": 0}, "data.batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"template": "Q: {question_1} {answer}"}, "data.template"),
+        ({"template": "Only {question_1}:"}, "data.template"),
+        ({"max_length": 5}, "data.template alone"),
+        ({"val_fraction": 0.6, "test_fraction": 0.5}, "val_fraction"),
+        ({"batch_size": 0}, "data.batch_size"),
+    ],
+)
 def test_bad_config_is_refused_before_reading(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         QuestionPairsDataModule(path="/nonexistent.csv", **kwargs)

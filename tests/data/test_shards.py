@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medlm.cli.prepare import main as prepare_main
 from medlm.data.shard_writer import prepare_shards
 from medlm.data.shards import (
     HEADER_BYTES,
@@ -21,7 +22,6 @@ from medlm.data.shards import (
 )
 from medlm.data.tokenizer import load_tokenizer
 from medlm.errors import DataError
-from medlm.cli.prepare import main as prepare_main
 
 TOK = load_tokenizer("gpt2")
 WORDS = (

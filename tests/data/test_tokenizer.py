@@ -4,14 +4,18 @@ bytes plus a few merges); load_tokenizer's specs."""
 from __future__ import annotations
 
 import base64
-from pathlib import Path
-
 import pickle
+from pathlib import Path
 
 import pytest
 
 from medlm.data import tokenizer as llama3_tokenizer
-from medlm.data.tokenizer import SPECIAL_TOKENS, Llama3Tokenizer, load_tokenizer, tokenizer_for_model_dir
+from medlm.data.tokenizer import (
+    SPECIAL_TOKENS,
+    Llama3Tokenizer,
+    load_tokenizer,
+    tokenizer_for_model_dir,
+)
 from medlm.errors import ConfigError, MedlmError
 
 # Merges in rank order; each is the concatenation of two earlier tokens, as a BPE needs.
@@ -22,7 +26,11 @@ N_RANKS = 256 + len(MERGES)
 
 def _write_ranks(path: Path, tokens: list[bytes], ranks: list[int] | None = None) -> Path:
     ranks = list(range(len(tokens))) if ranks is None else ranks
-    path.write_bytes(b"".join(base64.b64encode(t) + b" " + str(r).encode() + b"\n" for t, r in zip(tokens, ranks)))
+    path.write_bytes(
+        b"".join(
+            base64.b64encode(t) + b" " + str(r).encode() + b"\n" for t, r in zip(tokens, ranks)
+        )
+    )
     return path
 
 
@@ -73,7 +81,9 @@ def test_decode_round_trips_unicode(tok: Llama3Tokenizer) -> None:
     assert tok.decode(tok.encode("°")[:1]) == "\ufffd"  # half a character
 
 
-def test_long_runs_are_cut_as_meta_does(tok: Llama3Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_long_runs_are_cut_as_meta_does(
+    tok: Llama3Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     aa, a = RANK[b"aa"], ord("a")
     assert tok.encode("a" * 9) == [aa, aa, aa, aa, a]
     monkeypatch.setattr(llama3_tokenizer, "MAX_NO_WHITESPACES_CHARS", 5)
@@ -83,10 +93,19 @@ def test_long_runs_are_cut_as_meta_does(tok: Llama3Tokenizer, monkeypatch: pytes
     monkeypatch.setattr(llama3_tokenizer, "MAX_NO_WHITESPACES_CHARS", 25_000)
     monkeypatch.setattr(llama3_tokenizer, "TIKTOKEN_MAX_ENCODE_CHARS", 4)
     # chunks "hell" "ohel" "lo" instead of one word
-    assert tok.encode("hellohello") == [RANK[b"hell"], ord("o"), RANK[b"he"], ord("l"), ord("l"), ord("o")]
+    assert tok.encode("hellohello") == [
+        RANK[b"hell"],
+        ord("o"),
+        RANK[b"he"],
+        ord("l"),
+        ord("l"),
+        ord("o"),
+    ]
 
 
-def test_loading_does_not_touch_the_tiktoken_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loading_does_not_touch_the_tiktoken_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A changed file at the same path is read afresh (tiktoken's loader would serve a cached copy)."""
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -104,15 +123,21 @@ def test_missing_file(tmp_path: Path) -> None:
     assert str(tmp_path / "tokenizer.model") in str(err.value)
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty tokenizer file"),
-    (b"aGk= 0\nnot-base64! 1\n", "line 2: expected '<base64 token> <rank>'"),
-    (b"aGk= zero\n", "line 1: expected"),
-    (b"aGk= 0 extra\n", "line 1: expected"),
-    (b"\x08\x01\x12\x05hello\x1a\x00", "line 1: expected"),  # a sentencepiece protobuf (Llama 2)
-    (b"aGk= 0\naGk= 1\n", "line 2: duplicate token"),
-    (b"aGk= 0\naA== 0\n", "line 2: duplicate rank"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty tokenizer file"),
+        (b"aGk= 0\nnot-base64! 1\n", "line 2: expected '<base64 token> <rank>'"),
+        (b"aGk= zero\n", "line 1: expected"),
+        (b"aGk= 0 extra\n", "line 1: expected"),
+        (
+            b"\x08\x01\x12\x05hello\x1a\x00",
+            "line 1: expected",
+        ),  # a sentencepiece protobuf (Llama 2)
+        (b"aGk= 0\naGk= 1\n", "line 2: duplicate token"),
+        (b"aGk= 0\naA== 0\n", "line 2: duplicate rank"),
+    ],
+)
 def test_malformed_file(tmp_path: Path, content: bytes, message: str) -> None:
     path = tmp_path / "tokenizer.model"
     path.write_bytes(content)
@@ -123,7 +148,9 @@ def test_malformed_file(tmp_path: Path, content: bytes, message: str) -> None:
 
 def test_rank_gap_and_missing_byte(tmp_path: Path) -> None:
     tokens = _tokens()
-    path = _write_ranks(tmp_path / "gap.model", tokens, [*range(256), *range(257, 257 + len(MERGES))])
+    path = _write_ranks(
+        tmp_path / "gap.model", tokens, [*range(256), *range(257, 257 + len(MERGES))]
+    )
     with pytest.raises(MedlmError, match="rank 256 is missing"):
         Llama3Tokenizer(path)
     path = _write_ranks(tmp_path / "nobyte.model", [t for t in tokens if t != b"\xff"])
@@ -131,17 +158,26 @@ def test_rank_gap_and_missing_byte(tmp_path: Path) -> None:
         Llama3Tokenizer(path)
 
 
-@pytest.mark.parametrize("text", ["aaa bbb", "aaaa", "a    b", "    ", "ab\n\n\n\ncd", "x aaaab", ""])
+@pytest.mark.parametrize(
+    "text", ["aaa bbb", "aaaa", "a    b", "    ", "ab\n\n\n\ncd", "x aaaab", ""]
+)
 def test_fast_path_agrees_with_the_scan(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The regex that skips the per-character scan finds a run exactly when the scan would cut."""
     monkeypatch.setattr(llama3_tokenizer, "MAX_NO_WHITESPACES_CHARS", 3)
     scanned = list(llama3_tokenizer._split_long_runs(text, 3))
-    assert list(llama3_tokenizer._pieces(text)) == (scanned if len(scanned) > 1 else [text] if text else [])
+    assert list(llama3_tokenizer._pieces(text)) == (
+        scanned if len(scanned) > 1 else [text] if text else []
+    )
 
 
 def test_gpt2_tokenizer() -> None:
     tok = load_tokenizer("gpt2")
-    assert (tok.name, tok.vocab_size, tok.bos_id, tok.stop_ids) == ("gpt2", 50257, None, (tok.eot_id,))
+    assert (tok.name, tok.vocab_size, tok.bos_id, tok.stop_ids) == (
+        "gpt2",
+        50257,
+        None,
+        (tok.eot_id,),
+    )
     assert tok.decode([tok.eot_id]) == "<|endoftext|>"
     assert tok.eot_id not in tok.encode("a <|endoftext|> b")  # special text stays text
     assert tok.encode_batch(["hello", "world"]) == [tok.encode("hello"), tok.encode("world")]
@@ -152,7 +188,9 @@ def test_gpt2_tokenizer() -> None:
 def test_load_tokenizer_specs(tok_path: Path, tmp_path: Path) -> None:
     by_prefix = load_tokenizer(f"llama3:{tok_path}")
     assert load_tokenizer(tok_path).encode("hello") == by_prefix.encode("hello") == [RANK[b"hello"]]
-    assert load_tokenizer(tok_path.parent).vocab_size == by_prefix.vocab_size  # a directory holding one
+    assert (
+        load_tokenizer(tok_path.parent).vocab_size == by_prefix.vocab_size
+    )  # a directory holding one
     assert by_prefix.name == f"llama3:{tok_path}"
     with pytest.raises(ConfigError, match="unknown tokenizer 'gpt5'"):
         load_tokenizer("gpt5")

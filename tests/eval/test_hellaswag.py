@@ -32,8 +32,14 @@ TOK = load_tokenizer("gpt2")
 
 
 def item(ctx: str, endings: list[str], label: int, ind: int = 0) -> HellaSwagItem:
-    return parse_item(RawRecord("test", f"item {ind}", None, {
-        "ind": ind, "ctx": ctx, "endings": endings, "label": label, "activity_label": "Test"}))
+    return parse_item(
+        RawRecord(
+            "test",
+            f"item {ind}",
+            None,
+            {"ind": ind, "ctx": ctx, "endings": endings, "label": label, "activity_label": "Test"},
+        )
+    )
 
 
 # ---------------------------------------------------------------------- known answers, by design
@@ -72,15 +78,19 @@ KNOWN = [  # (endings, label), and which of acc / acc_norm / acc_norm_bytes gets
 
 def test_each_metric_ranks_by_what_it_is_named_for() -> None:
     model = Unigram(BOOSTS)
-    items = [item("A man is sitting on a roof. he", e, label, i)
-             for i, ((e, label), _) in enumerate(KNOWN)]
+    items = [
+        item("A man is sitting on a roof. he", e, label, i)
+        for i, ((e, label), _) in enumerate(KNOWN)
+    ]
     logp = torch.log_softmax(model.logits, -1)
     for it, (_, right) in zip(items, KNOWN):  # the design, computed independently
         toks = [TOK.encode(" " + e) for e in it.endings]
         sums = [sum(logp[t].item() for t in ts) for ts in toks]
-        picks = (max(range(4), key=lambda i: sums[i]),
-                 max(range(4), key=lambda i: sums[i] / len(toks[i])),
-                 max(range(4), key=lambda i: sums[i] / len(it.endings[i].encode())))
+        picks = (
+            max(range(4), key=lambda i: sums[i]),
+            max(range(4), key=lambda i: sums[i] / len(toks[i])),
+            max(range(4), key=lambda i: sums[i] / len(it.endings[i].encode())),
+        )
         assert tuple(int(p == it.label) for p in picks) == right
     counts = score_hellaswag(model, TOK, items, batch_size=4)
     assert counts == HellaSwagCounts(6, 2, 2, 1)
@@ -95,26 +105,64 @@ def test_each_metric_ranks_by_what_it_is_named_for() -> None:
 # --------------------------------------------------------- build-nanogpt's way, with transformers
 
 ITEMS = [
-    ("A man is sitting on a roof. he", ["is using wrap to wrap a pair of skis.",
-                                        "is ripping level tiles off.", "is holding a rubik's cube.",
-                                        "starts pulling up roofing on a roof."], 3),
-    ("A woman is outside with a bucket and a dog. The dog is running around trying to avoid a bath."
-     " she", ["rinses the bucket off with soap and blow dry the dog's head.",
-              "uses a hose to keep it from getting soapy.",
-              "gets the dog wet, then it runs away again.",
-              "gets into a bath tub with the dog."], 2),
-    ("Making a sandwich: The chef", ["slices.", "puts the bread on the counter and spreads butter "
-                                     "over every slice before adding thin cuts of ham.",
-                                     "eats", "café au lait, naïvely."], 1),
-    ("How to tie a tie. [title] Drape the tie", ["around your neck.", "in the oven at 400 degrees.",
-                                                 "over the river.", "gently, gently, gently."], 0),
-    ("Kids play soccer. A boy", ["kicks the ball into the goal.", "reads a book.", "sings.",
-                                 "flies to the moon on a very large kite made of paper."], 0),
+    (
+        "A man is sitting on a roof. he",
+        [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        3,
+    ),
+    (
+        "A woman is outside with a bucket and a dog. The dog is running around trying to avoid a bath."
+        " she",
+        [
+            "rinses the bucket off with soap and blow dry the dog's head.",
+            "uses a hose to keep it from getting soapy.",
+            "gets the dog wet, then it runs away again.",
+            "gets into a bath tub with the dog.",
+        ],
+        2,
+    ),
+    (
+        "Making a sandwich: The chef",
+        [
+            "slices.",
+            "puts the bread on the counter and spreads butter "
+            "over every slice before adding thin cuts of ham.",
+            "eats",
+            "café au lait, naïvely.",
+        ],
+        1,
+    ),
+    (
+        "How to tie a tie. [title] Drape the tie",
+        [
+            "around your neck.",
+            "in the oven at 400 degrees.",
+            "over the river.",
+            "gently, gently, gently.",
+        ],
+        0,
+    ),
+    (
+        "Kids play soccer. A boy",
+        [
+            "kicks the ball into the goal.",
+            "reads a book.",
+            "sings.",
+            "flies to the moon on a very large kite made of paper.",
+        ],
+        0,
+    ),
 ]
 
 
-def build_nanogpt_reference(hf_model, ctx: str,
-                            endings: list[str]) -> tuple[list[float], int, int, int]:
+def build_nanogpt_reference(
+    hf_model, ctx: str, endings: list[str]
+) -> tuple[list[float], int, int, int]:
     """build-nanogpt's render_example + evaluate, written out with transformers: (summed losses,
     pred by sum, pred by mean, pred by per-byte log-likelihood)."""
     import tiktoken
@@ -127,11 +175,14 @@ def build_nanogpt_reference(hf_model, ctx: str,
     tokens = torch.zeros(4, T, dtype=torch.long)
     mask = torch.zeros(4, T, dtype=torch.long)
     for i, (r, m) in enumerate(zip(rows, masks)):
-        tokens[i, :len(r)], mask[i, :len(m)] = torch.tensor(r), torch.tensor(m)
+        tokens[i, : len(r)], mask[i, : len(m)] = torch.tensor(r), torch.tensor(m)
     with torch.no_grad():
         logits = hf_model(tokens).logits
-    losses = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).double(),
-                             tokens[:, 1:].reshape(-1), reduction="none").view(4, -1)
+    losses = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).double(),
+        tokens[:, 1:].reshape(-1),
+        reduction="none",
+    ).view(4, -1)
     shift_mask = mask[:, 1:]
     sum_loss = (losses * shift_mask).sum(1)
     avg_loss = sum_loss / shift_mask.sum(1)
@@ -147,12 +198,14 @@ def test_scores_equal_build_nanogpt_computed_with_transformers(tiny_hf_gpt2: Pat
     predictions = predict_hellaswag(model, TOK, items, batch_size=2)
     want = HellaSwagCounts()
     for it, p in zip(items, predictions):
-        sum_loss, pred, pred_norm, pred_bytes = build_nanogpt_reference(hf_model, it.ctx,
-                                                                        list(it.endings))
+        sum_loss, pred, pred_norm, pred_bytes = build_nanogpt_reference(
+            hf_model, it.ctx, list(it.endings)
+        )
         assert [-x for x in p.logprobs] == pytest.approx(sum_loss, abs=1e-4)
         assert (p.pred, p.pred_norm, p.pred_norm_bytes) == (pred, pred_norm, pred_bytes)
-        want += HellaSwagCounts(1, int(pred == it.label), int(pred_norm == it.label),
-                                int(pred_bytes == it.label))
+        want += HellaSwagCounts(
+            1, int(pred == it.label), int(pred_norm == it.label), int(pred_bytes == it.label)
+        )
     assert score_hellaswag(model, TOK, items, batch_size=3) == want
     assert p.as_dict()["id"] == "4" and p.as_dict()["gold"] == 0
 
@@ -166,27 +219,34 @@ def small_model() -> GPT2:
 
 
 def many_items() -> list[HellaSwagItem]:
-    return [item(c + f" {k}", e, (label + k) % 4, 10 * k + i)
-            for k in range(2) for i, (c, e, label) in enumerate(ITEMS)]
+    return [
+        item(c + f" {k}", e, (label + k) % 4, 10 * k + i)
+        for k in range(2)
+        for i, (c, e, label) in enumerate(ITEMS)
+    ]
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 11])
 def test_rank_counts_add_up_to_the_single_process_counts(world_size: int) -> None:
     model, items = small_model(), many_items()
     single = score_hellaswag(model, TOK, items, batch_size=4)
-    per_rank = [score_hellaswag(model, TOK, items, 4, rank=r, world_size=world_size)
-                for r in range(world_size)]
+    per_rank = [
+        score_hellaswag(model, TOK, items, 4, rank=r, world_size=world_size)
+        for r in range(world_size)
+    ]
     assert sum(per_rank, HellaSwagCounts()) == single and single.n == len(items)
-    assert sorted(i.ind for r in range(world_size) for i in shard(items, r, world_size)) == \
-        sorted(i.ind for i in items)
+    assert sorted(i.ind for r in range(world_size) for i in shard(items, r, world_size)) == sorted(
+        i.ind for i in items
+    )
     assert single.all_reduce() == single  # no process group: the counts as they are
 
 
 def _gloo_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
     try:
         counts = score_hellaswag(small_model(), TOK, many_items(), 4, rank, world_size)
         total = counts.all_reduce()
@@ -198,8 +258,9 @@ def _gloo_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None
 def test_all_reduce_sums_counts_over_a_real_gloo_group(tmp_path: Path) -> None:
     import torch.multiprocessing as mp
 
-    mp.start_processes(_gloo_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-                       start_method="spawn")
+    mp.start_processes(
+        _gloo_rank, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn"
+    )
     single = score_hellaswag(small_model(), TOK, many_items(), 4)
     results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in range(2)]
     assert all(HellaSwagCounts(**total) == single for _, total in results)
@@ -211,8 +272,10 @@ def test_bad_rank_and_empty_counts() -> None:
         shard([], 2, 2)
     with pytest.raises(ConfigError, match="world_size"):
         shard([], 0, 0)
-    assert score_hellaswag(small_model(), TOK, many_items()[:1], rank=1, world_size=2) == \
-        HellaSwagCounts()
+    assert (
+        score_hellaswag(small_model(), TOK, many_items()[:1], rank=1, world_size=2)
+        == HellaSwagCounts()
+    )
     with pytest.raises(MedlmError, match="no items were scored"):
         HellaSwagCounts().metrics()
 
@@ -228,13 +291,23 @@ def test_a_model_whose_vocabulary_does_not_fit_the_tokenizer() -> None:
 
 def official_line(ind: int, **change) -> str:
     """A line as in hellaswag_val.jsonl (rowanz/hellaswag), optionally changed."""
-    row = {"ind": ind, "activity_label": "Roof shingle removal",
-           "ctx_a": "A man is sitting on a roof.", "ctx_b": "he",
-           "ctx": "A man is sitting on a roof. he", "split": "val",
-           "split_type": "indomain", "label": 3,
-           "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
-                       "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
-           "source_id": "activitynet~v_-JhWjGDPHMY"}
+    row = {
+        "ind": ind,
+        "activity_label": "Roof shingle removal",
+        "ctx_a": "A man is sitting on a roof.",
+        "ctx_b": "he",
+        "ctx": "A man is sitting on a roof. he",
+        "split": "val",
+        "split_type": "indomain",
+        "label": 3,
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        "source_id": "activitynet~v_-JhWjGDPHMY",
+    }
     row.update(change)
     return json.dumps(row)
 
@@ -246,8 +319,10 @@ def write(path: Path, lines: list[str]) -> Path:
 
 
 def test_local_file_limit_and_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path / "hellaswag_val.jsonl",
-                 [official_line(i, label=i % 4) for i in range(5)] + [official_line(9, label="2")])
+    path = write(
+        tmp_path / "hellaswag_val.jsonl",
+        [official_line(i, label=i % 4) for i in range(5)] + [official_line(9, label="2")],
+    )
     items = load_hellaswag(path)
     assert [i.ind for i in items] == ["0", "1", "2", "3", "4", "9"]
     assert [i.label for i in items] == [0, 1, 2, 3, 0, 2]  # the Hub's string labels too
@@ -261,19 +336,23 @@ def test_local_file_limit_and_data_dir(tmp_path: Path, monkeypatch: pytest.Monke
         load_hellaswag(path, limit=0)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (official_line(1, endings=["a", "b", "c"]), "line 2: 3 endings; a HellaSwag item has 4"),
-    (official_line(1, label=4), r"line 2: label 4 is not an ending's index \(0 to 3\)"),
-    (official_line(1, label=""), "line 2: label '' is not an ending's index"),
-    (official_line(1, label=True), "line 2: label True is not an ending's index"),
-    ('{"ind": 1, "ctx": "A man', "line 2 column 19: malformed JSON"),
-    (official_line(1, ctx=""), "line 2: field 'ctx' must be a non-empty string"),
-    (official_line(1, endings="abcd"), "line 2: field 'endings' must be a list of 4 strings"),
-    (official_line(1, endings=["a", " ", "c", "d"]), "line 2: ending 1 is empty"),
-    ("[1, 2]", "line 2: expected a JSON object, got list"),
-])
-def test_each_bad_line_is_one_error_naming_file_and_line(tmp_path: Path, bad: str,
-                                                         message: str) -> None:
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (official_line(1, endings=["a", "b", "c"]), "line 2: 3 endings; a HellaSwag item has 4"),
+        (official_line(1, label=4), r"line 2: label 4 is not an ending's index \(0 to 3\)"),
+        (official_line(1, label=""), "line 2: label '' is not an ending's index"),
+        (official_line(1, label=True), "line 2: label True is not an ending's index"),
+        ('{"ind": 1, "ctx": "A man', "line 2 column 19: malformed JSON"),
+        (official_line(1, ctx=""), "line 2: field 'ctx' must be a non-empty string"),
+        (official_line(1, endings="abcd"), "line 2: field 'endings' must be a list of 4 strings"),
+        (official_line(1, endings=["a", " ", "c", "d"]), "line 2: ending 1 is empty"),
+        ("[1, 2]", "line 2: expected a JSON object, got list"),
+    ],
+)
+def test_each_bad_line_is_one_error_naming_file_and_line(
+    tmp_path: Path, bad: str, message: str
+) -> None:
     path = write(tmp_path / "val.jsonl", [official_line(0), bad, official_line(2)])
     with pytest.raises(DataError) as err:
         load_hellaswag(path)

@@ -24,8 +24,17 @@ def gpt2() -> GPT2:
 
 def llama() -> Llama:
     torch.manual_seed(0)
-    return Llama(LlamaConfig(block_size=BLOCK, vocab_size=V, n_embd=32, n_layer=2, n_head=4,
-                             n_kv_head=2, ffn_hidden_dim=64)).eval()
+    return Llama(
+        LlamaConfig(
+            block_size=BLOCK,
+            vocab_size=V,
+            n_embd=32,
+            n_layer=2,
+            n_head=4,
+            n_kv_head=2,
+            ffn_hidden_dim=64,
+        )
+    ).eval()
 
 
 class LogitsOnly(nn.Module):
@@ -93,8 +102,18 @@ def test_a_model_without_hidden_states_is_called_through_forward() -> None:
 
 def test_the_model_is_scored_in_eval_mode_and_its_mode_restored() -> None:
     torch.manual_seed(0)
-    model = GPT2(GPT2Config(block_size=BLOCK, vocab_size=V, n_layer=1, n_head=2, n_embd=16,
-                            embd_dropout=0.5, attn_dropout=0.5, resid_dropout=0.5))
+    model = GPT2(
+        GPT2Config(
+            block_size=BLOCK,
+            vocab_size=V,
+            n_layer=1,
+            n_head=2,
+            n_embd=16,
+            embd_dropout=0.5,
+            attn_dropout=0.5,
+            resid_dropout=0.5,
+        )
+    )
     model.train()
     first = continuation_logprobs(model, requests()[:2]).logprobs
     assert model.training
@@ -120,8 +139,11 @@ def test_vocabulary_must_fit_the_tokenizer() -> None:
         check_vocab(model, tok)
     for vocab in (1000, 128256):  # too small for GPT-2's ids; another tokenizer's model
         small = GPT2(GPT2Config(block_size=8, vocab_size=vocab, n_layer=1, n_head=1, n_embd=8))
-        with pytest.raises(ConfigError, match=rf"vocabulary \({vocab:,} tokens\) does not fit the "
-                                              r"tokenizer 'gpt2' \(50,257 tokens\)"):
+        with pytest.raises(
+            ConfigError,
+            match=rf"vocabulary \({vocab:,} tokens\) does not fit the "
+            r"tokenizer 'gpt2' \(50,257 tokens\)",
+        ):
             check_vocab(small, tok)
     with pytest.raises(ConfigError, match="no config.vocab_size"):
         check_vocab(nn.Linear(2, 2), tok)

@@ -37,8 +37,13 @@ def official(shared_data_dir: Path) -> list[PubMedQARecord]:
 
 
 def record(i: int, label: str | None = "yes") -> PubMedQARecord:
-    return PubMedQARecord(str(100 + i), f"Does drug {i} help?",
-                          (f"Trial {i} ran.", "It went well."), f"Drug {i} helps.", label)
+    return PubMedQARecord(
+        str(100 + i),
+        f"Does drug {i} help?",
+        (f"Trial {i} ran.", "It went well."),
+        f"Drug {i} helps.",
+        label,
+    )
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -46,29 +51,48 @@ def record(i: int, label: str | None = "yes") -> PubMedQARecord:
 
 def test_the_prompt_is_the_training_template_up_to_the_decision() -> None:
     assert decision_prompt(DEFAULT_TEMPLATE, "reasoning_required") == (
-        "Question: {question}\nContext: {context}\nDecision:", " ")
+        "Question: {question}\nContext: {context}\nDecision:",
+        " ",
+    )
     assert decision_prompt(DEFAULT_TEMPLATE, "reasoning_free") == (
-        "Question: {question}\nAnswer: {long_answer}\nDecision:", " ")
+        "Question: {question}\nAnswer: {long_answer}\nDecision:",
+        " ",
+    )
     # one line, braces in the text, a newline before the label
     template = "Q {{x}}: {question} C: {context} A: {long_answer} =>\n{final_decision} ({pubid})"
     assert decision_prompt(template, "reasoning_required") == (
-        "Q {{x}}: {question} C: {context} =>", "\n")
+        "Q {{x}}: {question} C: {context} =>",
+        "\n",
+    )
     prompt, _ = decision_prompt(template, "reasoning_free")
     assert record(1).format(prompt) == "Q {x}: Does drug 1 help? A: Drug 1 helps. =>"
 
 
-@pytest.mark.parametrize("template, setting, message", [
-    ("Question: {question}\nAnswer: {long_answer}", "reasoning_required",
-     "has no {final_decision}"),
-    ("Q: {question}\nContext: {context}\nDecision: {final_decision}", "reasoning_free",
-     "shows the long_answer, but data.template has no {long_answer} before {final_decision}"),
-    ("Decision: {final_decision}\nQ: {question}\nAnswer: {long_answer}", "reasoning_free",
-     "no {long_answer} before {final_decision}"),
-    ("{final_decision} {question} {context}", "reasoning_required", "shows the context"),
-    (DEFAULT_TEMPLATE, "reasoning", "benchmark.setting must be one of"),
-])
-def test_templates_that_cannot_ask_for_a_decision(template: str, setting: str,
-                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    "template, setting, message",
+    [
+        (
+            "Question: {question}\nAnswer: {long_answer}",
+            "reasoning_required",
+            "has no {final_decision}",
+        ),
+        (
+            "Q: {question}\nContext: {context}\nDecision: {final_decision}",
+            "reasoning_free",
+            "shows the long_answer, but data.template has no {long_answer} before {final_decision}",
+        ),
+        (
+            "Decision: {final_decision}\nQ: {question}\nAnswer: {long_answer}",
+            "reasoning_free",
+            "no {long_answer} before {final_decision}",
+        ),
+        ("{final_decision} {question} {context}", "reasoning_required", "shows the context"),
+        (DEFAULT_TEMPLATE, "reasoning", "benchmark.setting must be one of"),
+    ],
+)
+def test_templates_that_cannot_ask_for_a_decision(
+    template: str, setting: str, message: str
+) -> None:
     with pytest.raises(ConfigError, match=message.replace("{", r"\{").replace("}", r"\}")):
         decision_prompt(template, setting)
 
@@ -78,12 +102,17 @@ def test_templates_that_cannot_ask_for_a_decision(template: str, setting: str,
 
 def sklearn_reference(gold: list[str], pred: list[str]) -> dict:
     """What the authors' evaluation.py prints, and per-label figures, by scikit-learn itself."""
-    p, r, f, _ = sklearn_metrics.precision_recall_fscore_support(gold, pred, labels=list(LABELS),
-                                                                 zero_division=0)
-    return {"acc": sklearn_metrics.accuracy_score(gold, pred),
-            "macro_f1": sklearn_metrics.f1_score(gold, pred, average="macro"),
-            "precision": list(p), "recall": list(r), "f1": list(f),
-            "confusion": sklearn_metrics.confusion_matrix(gold, pred, labels=list(LABELS)).tolist()}
+    p, r, f, _ = sklearn_metrics.precision_recall_fscore_support(
+        gold, pred, labels=list(LABELS), zero_division=0
+    )
+    return {
+        "acc": sklearn_metrics.accuracy_score(gold, pred),
+        "macro_f1": sklearn_metrics.f1_score(gold, pred, average="macro"),
+        "precision": list(p),
+        "recall": list(r),
+        "f1": list(f),
+        "confusion": sklearn_metrics.confusion_matrix(gold, pred, labels=list(LABELS)).tolist(),
+    }
 
 
 def check_against_sklearn(gold: list[str], pred: list[str]) -> dict:
@@ -134,8 +163,11 @@ def test_bad_labels() -> None:
     with pytest.raises(DataError, match="no questions"):
         pubmedqa_metrics([], [])
     with pytest.raises(DataError, match="pubid 101: no yes/no/maybe label"):
-        predict_likelihood(GPT2(GPT2Config(block_size=32, n_layer=1, n_head=1, n_embd=8)), TOK,
-                           [record(0), record(1, None)])
+        predict_likelihood(
+            GPT2(GPT2Config(block_size=32, n_layer=1, n_head=1, n_embd=8)),
+            TOK,
+            [record(0), record(1, None)],
+        )
 
 
 # ------------------------------------------------------------------------------ likelihood mode
@@ -159,8 +191,9 @@ def transformers_logprobs(hf_model, text: str, block_size: int) -> dict[str, flo
 
 @pytest.mark.shared_data
 @pytest.mark.parametrize("setting", ["reasoning_required", "reasoning_free"])
-def test_likelihood_answer_equals_transformers_on_a_tiny_gpt2(official, tiny_hf_gpt2: Path,
-                                                              setting: str) -> None:
+def test_likelihood_answer_equals_transformers_on_a_tiny_gpt2(
+    official, tiny_hf_gpt2: Path, setting: str
+) -> None:
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(tiny_hf_gpt2).eval()
     model = GPT2.from_pretrained(tiny_hf_gpt2).eval()
     block = model.config.block_size  # 256: the longest official prompts are cut
@@ -168,14 +201,18 @@ def test_likelihood_answer_equals_transformers_on_a_tiny_gpt2(official, tiny_hf_
     result = score_pubmedqa(model, TOK, records, setting=setting, batch_size=3)
     assert result.mode == "likelihood"
     for r, p in zip(records, result.predictions):
-        shown = (f"Context: {r.context}" if setting == "reasoning_required"
-                 else f"Answer: {r.long_answer}")
+        shown = (
+            f"Context: {r.context}"
+            if setting == "reasoning_required"
+            else f"Answer: {r.long_answer}"
+        )
         ref = transformers_logprobs(hf_model, f"Question: {r.question}\n{shown}\nDecision:", block)
         assert p.id == r.pubid and p.gold == r.final_decision
         assert p.scores == pytest.approx(ref, abs=1e-4)
         assert p.prediction == max(ref, key=ref.get)
-    texts = [len(TOK.encode(f"Question: {r.question}\nContext: {r.context}\nDecision:"))
-             for r in records]
+    texts = [
+        len(TOK.encode(f"Question: {r.question}\nContext: {r.context}\nDecision:")) for r in records
+    ]
     if setting == "reasoning_required":
         assert result.n_truncated == sum(n > block for n in texts) > 0
     gold = [r.final_decision for r in records]
@@ -211,8 +248,12 @@ def test_classifier_answer_is_its_argmax(tiny_hf_gpt2: Path) -> None:
         return f"Question: {r.question}\nContext: {r.context}\nDecision:"
 
     with torch.no_grad():  # a head that tells the first three questions apart: yes, no, maybe
-        h = torch.stack([model.backbone.hidden_states(torch.tensor([TOK.encode(text(r))]))[0, -1]
-                         for r in records[:3]])
+        h = torch.stack(
+            [
+                model.backbone.hidden_states(torch.tensor([TOK.encode(text(r))]))[0, -1]
+                for r in records[:3]
+            ]
+        )
         model.score.weight.copy_(10 * (h - h.mean(0)))
     result = score_pubmedqa(model, TOK, records, batch_size=3)
     assert result.mode == "classifier" and result.n_truncated == 1

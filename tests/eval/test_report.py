@@ -20,21 +20,33 @@ MODELS = {
 BASELINE = {"majority_label": "yes", "acc": 0.552, "macro_f1": 0.2371, "n": 500}
 PREDICTIONS = {
     "base": [{"id": "1", "gold": "yes", "prediction": "no", "scores": {"yes": -2.0, "no": -1.5}}],
-    "tuned": [{"id": "1", "gold": "yes", "prediction": "yes", "scores": {"yes": -0.5, "no": -3.0}},
-              {"id": "2", "gold": "no", "prediction": "no", "scores": {"yes": float("-inf"),
-                                                                         "no": -0.1}}],
+    "tuned": [
+        {"id": "1", "gold": "yes", "prediction": "yes", "scores": {"yes": -0.5, "no": -3.0}},
+        {"id": "2", "gold": "no", "prediction": "no", "scores": {"yes": float("-inf"), "no": -0.1}},
+    ],
 }
 
 
 def test_every_output_of_one_evaluation(tmp_path: Path) -> None:
-    paths = write_results(tmp_path, "pubmedqa", MODELS, PREDICTIONS, metrics=["acc", "macro_f1"],
-                          baseline=BASELINE, baseline_name="majority (always yes)",
-                          details={"tuned": {"confusion": [[1, 0], [0, 1]]}},
-                          title="PubMedQA, official test split")
+    paths = write_results(
+        tmp_path,
+        "pubmedqa",
+        MODELS,
+        PREDICTIONS,
+        metrics=["acc", "macro_f1"],
+        baseline=BASELINE,
+        baseline_name="majority (always yes)",
+        details={"tuned": {"confusion": [[1, 0], [0, 1]]}},
+        title="PubMedQA, official test split",
+    )
     doc = json.loads((tmp_path / "results.json").read_text())
     assert doc["benchmark"] == "pubmedqa"
-    assert doc["models"]["tuned"] == {"acc": 0.625, "macro_f1": 0.4512345, "precision_yes": 0.7,
-                                      "n": 500}
+    assert doc["models"]["tuned"] == {
+        "acc": 0.625,
+        "macro_f1": 0.4512345,
+        "precision_yes": 0.7,
+        "n": 500,
+    }
     assert doc["baseline"] == {"name": "majority (always yes)", **BASELINE}
     assert doc["details"] == {"tuned": {"confusion": [[1, 0], [0, 1]]}}
 
@@ -53,8 +65,14 @@ def test_every_output_of_one_evaluation(tmp_path: Path) -> None:
 
     png = (tmp_path / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
-    assert set(paths) == {"results", "table", "csv", "chart", "predictions/base",
-                          "predictions/tuned"}
+    assert set(paths) == {
+        "results",
+        "table",
+        "csv",
+        "chart",
+        "predictions/base",
+        "predictions/tuned",
+    }
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -71,8 +89,12 @@ def test_defaults_take_every_numeric_metric_and_no_baseline(tmp_path: Path) -> N
 @pytest.mark.parametrize("name", ["a/b", "../x", "", "-x", "two words"])
 def test_a_model_name_that_cannot_be_a_file_name_writes_nothing(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="a model name may hold letters, digits"):
-        write_results(tmp_path / "out", "pubmedqa", {"ok": MODELS["base"], name: MODELS["base"]},
-                      {"ok": PREDICTIONS["base"]})
+        write_results(
+            tmp_path / "out",
+            "pubmedqa",
+            {"ok": MODELS["base"], name: MODELS["base"]},
+            {"ok": PREDICTIONS["base"]},
+        )
     assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="no models to report"):
         write_results(tmp_path / "out", "pubmedqa", {})
@@ -81,9 +103,16 @@ def test_a_model_name_that_cannot_be_a_file_name_writes_nothing(tmp_path: Path, 
 def test_table_and_chart_helpers(tmp_path: Path) -> None:
     rows = [{"arm": "lora", "acc": 0.81234, "trainable params": 1234567, "note": None}]
     assert markdown_table(rows).splitlines() == [
-        "| arm | acc | trainable params | note |", "|---|---|---|---|",
-        "| lora | 0.8123 | 1,234,567 |  |"]
+        "| arm | acc | trainable params | note |",
+        "|---|---|---|---|",
+        "| lora | 0.8123 | 1,234,567 |  |",
+    ]
     assert markdown_table(rows, ["arm", "acc"]).splitlines()[2] == "| lora | 0.8123 |"
-    path = bar_chart({"a": {"acc": 0.4}, "b": {"acc": float("nan")}}, ["acc"], tmp_path / "c.png",
-                     "title", baseline={"acc": 0.5, "other": 0.1})
+    path = bar_chart(
+        {"a": {"acc": 0.4}, "b": {"acc": float("nan")}},
+        ["acc"],
+        tmp_path / "c.png",
+        "title",
+        baseline={"acc": 0.5, "other": 0.1},
+    )
     assert path.read_bytes().startswith(b"\x89PNG")

@@ -13,11 +13,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from medlm.data.instruct import InstructionDataModule
+from medlm.cli.train import train
 from medlm.data.alpaca import ALPACA_TEMPLATE
+from medlm.data.instruct import InstructionDataModule
 from medlm.data.medquad import convert
 from medlm.modules.causal_lm import CausalLM
-from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
 
 ORGANS = ("liver", "heart", "lung", "kidney", "skin", "brain")
@@ -31,8 +31,11 @@ def _local_store(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def fact(i: int) -> dict:
     """A learnable instruction: the answer repeats the question's disease and names its organ."""
-    return {"instruction": f"Which organ does disease number {i} affect?", "input": "",
-            "output": f"Disease number {i} affects the {ORGANS[i % len(ORGANS)]}."}
+    return {
+        "instruction": f"Which organ does disease number {i} affect?",
+        "input": "",
+        "output": f"Disease number {i} affects the {ORGANS[i % len(ORGANS)]}.",
+    }
 
 
 def learnable_dir(tmp_path: Path) -> Path:
@@ -63,11 +66,26 @@ def test_experiment_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_short_run_lowers_the_answer_token_loss_and_logs_sample_answers(tmp_path: Path) -> None:
     d = learnable_dir(tmp_path)
     # a smaller model than gpt2_tiny and short blocks: the 50,257-way output layer dominates a CPU step
-    cfg = compose_train(tmp_path, [
-        "experiment=medquad_alpaca", f"data.path={d}", "data.medquad_src=null", "data.block_size=64",
-        "data.batch_size=4", "model.config.block_size=64", "model.config.n_embd=16", "model.config.n_head=2",
-        "model.config.n_layer=2", "optim.lr=2e-2", "scheduler.warmup_steps=2", "trainer.max_epochs=2",
-        "+trainer.limit_train_batches=6", "callbacks.samples.max_new_tokens=12"], cache_dir=tmp_path / "cache")
+    cfg = compose_train(
+        tmp_path,
+        [
+            "experiment=medquad_alpaca",
+            f"data.path={d}",
+            "data.medquad_src=null",
+            "data.block_size=64",
+            "data.batch_size=4",
+            "model.config.block_size=64",
+            "model.config.n_embd=16",
+            "model.config.n_head=2",
+            "model.config.n_layer=2",
+            "optim.lr=2e-2",
+            "scheduler.warmup_steps=2",
+            "trainer.max_epochs=2",
+            "+trainer.limit_train_batches=6",
+            "callbacks.samples.max_new_tokens=12",
+        ],
+        cache_dir=tmp_path / "cache",
+    )
 
     # the answer-token loss of the very model the run starts from (train() seeds, then builds the net)
     L.seed_everything(cfg.seed)
@@ -91,7 +109,9 @@ def test_short_run_lowers_the_answer_token_loss_and_logs_sample_answers(tmp_path
     artifacts = sorted((tmp_path / "mlruns" / "artifacts").rglob("samples/epoch_*.md"))
     assert len(artifacts) == 2  # one per validation
     text = artifacts[-1].read_text()
-    assert "Which organ does disease number 500 affect?\n\n### Response:" in text  # the first held-out question
+    assert (
+        "Which organ does disease number 500 affect?\n\n### Response:" in text
+    )  # the first held-out question
     assert fact(500)["output"] in text  # its reference answer
     assert text.count("**Generated**") == 3
 
@@ -100,8 +120,18 @@ def test_short_run_lowers_the_answer_token_loss_and_logs_sample_answers(tmp_path
 def test_real_medquad_is_converted_on_first_use(shared_data_dir: Path, tmp_path: Path) -> None:
     src = shared_data_dir / "medquad" / "xml" / "9_CDC_QA"  # one source folder keeps the test short
     out = tmp_path / "medquad_alpaca"
-    cfg = compose_train(tmp_path, ["experiment=medquad_alpaca", f"data.path={out}", f"data.medquad_src={src}",
-                                   "debug=fdr", "callbacks.samples.max_new_tokens=4", "data.batch_size=2"], cache_dir=tmp_path / "cache")
+    cfg = compose_train(
+        tmp_path,
+        [
+            "experiment=medquad_alpaca",
+            f"data.path={out}",
+            f"data.medquad_src={src}",
+            "debug=fdr",
+            "callbacks.samples.max_new_tokens=4",
+            "data.batch_size=2",
+        ],
+        cache_dir=tmp_path / "cache",
+    )
     train(cfg)
     reference = tmp_path / "reference"
     summary = convert(src, reference)  # what `medlm-prepare medquad SRC OUT` writes
@@ -111,9 +141,19 @@ def test_real_medquad_is_converted_on_first_use(shared_data_dir: Path, tmp_path:
 
 
 def test_real_weights_variant_runs(tmp_path: Path, tiny_hf_gpt2: Path) -> None:
-    cfg = compose_train(tmp_path, ["experiment=medquad_alpaca", "model=gpt2_pretrained",
-                                   f"model.pretrained={tiny_hf_gpt2}", f"data.path={learnable_dir(tmp_path)}",
-                                   "data.medquad_src=null", "debug=fdr", "callbacks.samples.max_new_tokens=4", "data.batch_size=2"],
-                        cache_dir=tmp_path / "cache")
+    cfg = compose_train(
+        tmp_path,
+        [
+            "experiment=medquad_alpaca",
+            "model=gpt2_pretrained",
+            f"model.pretrained={tiny_hf_gpt2}",
+            f"data.path={learnable_dir(tmp_path)}",
+            "data.medquad_src=null",
+            "debug=fdr",
+            "callbacks.samples.max_new_tokens=4",
+            "data.batch_size=2",
+        ],
+        cache_dir=tmp_path / "cache",
+    )
     assert "config" not in cfg.model
     train(cfg)

@@ -24,8 +24,15 @@ TOL = 1e-4
 def hf_base(tmp_path):
     """A tiny random HF GPT2ForSequenceClassification saved offline, and its directory."""
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=64, vocab_size=50257,
-                                  num_labels=3, pad_token_id=PAD)
+    cfg = transformers.GPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        n_positions=64,
+        vocab_size=50257,
+        num_labels=3,
+        pad_token_id=PAD,
+    )
     model = transformers.GPT2ForSequenceClassification(cfg).eval()
     model.save_pretrained(tmp_path / "hf_base")
     return model, tmp_path / "hf_base"
@@ -43,8 +50,16 @@ def batch():
 
 
 def _peft_reference(hf_model):
-    ref = peft.get_peft_model(hf_model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1,
-                                                        target_modules=["c_attn", "c_proj"], task_type="SEQ_CLS"))
+    ref = peft.get_peft_model(
+        hf_model,
+        peft.LoraConfig(
+            r=8,
+            lora_alpha=32,
+            lora_dropout=0.1,
+            target_modules=["c_attn", "c_proj"],
+            task_type="SEQ_CLS",
+        ),
+    )
     with torch.no_grad():  # non-zero adapters and a trained-looking head
         for name, p in ref.named_parameters():
             if "lora_" in name or "modules_to_save" in name:
@@ -102,11 +117,15 @@ def test_only_adapters_and_head_train(hf_base, batch):
     trainable = {n for n, p in ours.named_parameters() if p.requires_grad}
     assert "score.weight" in trainable
     assert all(".lora_A." in n or ".lora_B." in n for n in trainable - {"score.weight"})
-    assert len(trainable) == 2 * 3 * 2 + 1  # A, B of c_attn, attn.c_proj, mlp.c_proj per layer; the head
+    assert (
+        len(trainable) == 2 * 3 * 2 + 1
+    )  # A, B of c_attn, attn.c_proj, mlp.c_proj per layer; the head
     summary = trainable_parameter_summary(ours)
     ref_trainable, ref_total = ref.get_nb_trainable_parameters()
     assert summary.trainable == ref_trainable
-    assert summary.total == ref_total - ours.score.weight.numel()  # PEFT also counts its frozen head copy
+    assert (
+        summary.total == ref_total - ours.score.weight.numel()
+    )  # PEFT also counts its frozen head copy
     assert f"trainable params: {ref_trainable:,}" in str(summary)
     assert 0 < summary.share < 0.01
 
@@ -120,14 +139,26 @@ def test_peft_export_loads_in_peft(hf_base, batch, trained, tmp_path):
     base_dir = hf_base[1]
     ids, mask = batch
     ours, expected = trained
-    out = export_peft(ours, tmp_path / "adapter")  # base written from the model's own frozen weights
-    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "base"]
+    out = export_peft(
+        ours, tmp_path / "adapter"
+    )  # base written from the model's own frozen weights
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "base",
+    ]
     cfg = json.loads((out / "adapter_config.json").read_text())
-    assert (cfg["peft_type"], cfg["task_type"], cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == \
-        ("LORA", "SEQ_CLS", 8, 32, 0.1)
+    assert (
+        cfg["peft_type"],
+        cfg["task_type"],
+        cfg["r"],
+        cfg["lora_alpha"],
+        cfg["lora_dropout"],
+    ) == ("LORA", "SEQ_CLS", 8, 32, 0.1)
     assert cfg["target_modules"] == ["c_attn", "c_proj"] and cfg["modules_to_save"] == ["score"]
     assert cfg["fan_in_fan_out"] is True  # HF GPT-2's Conv1D
     from safetensors.torch import load_file
+
     keys = set(load_file(out / "adapter_model.safetensors"))
     assert "base_model.model.transformer.h.0.attn.c_attn.lora_A.weight" in keys
     assert "base_model.model.score.weight" in keys and len(keys) == 13
@@ -144,7 +175,8 @@ def test_peft_export_loads_in_peft(hf_base, batch, trained, tmp_path):
     cfg2 = json.loads((tmp_path / "adapter2" / "adapter_config.json").read_text())
     assert cfg2["base_model_name_or_path"] == str(base_dir.resolve())
     loaded = peft.PeftModel.from_pretrained(
-        transformers.GPT2ForSequenceClassification.from_pretrained(base_dir), tmp_path / "adapter2").eval()
+        transformers.GPT2ForSequenceClassification.from_pretrained(base_dir), tmp_path / "adapter2"
+    ).eval()
     with torch.no_grad():
         assert (loaded(input_ids=ids, attention_mask=mask).logits - expected).abs().max() <= TOL
 
@@ -162,7 +194,9 @@ def test_merged_export_loads_in_transformers_and_medlm(batch, trained, tmp_path)
     with torch.no_grad():
         assert (hf(input_ids=ids, attention_mask=mask).logits - expected).abs().max() <= TOL
         assert (back(ids, mask) - expected).abs().max() <= TOL
-    assert ours.backbone.transformer.h[0].attn.c_attn.merged is False  # the export left the model alone
+    assert (
+        ours.backbone.transformer.h[0].attn.c_attn.merged is False
+    )  # the export left the model alone
     with pytest.raises(MedlmError, match="score.weight has shape"):
         SequenceClassifier.from_pretrained(out, num_labels=2)
 
@@ -171,7 +205,9 @@ def test_plain_classifier_from_lm_checkpoint(tmp_path, batch):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=32, vocab_size=50257)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    model = SequenceClassifier.from_pretrained(tmp_path).eval()  # fresh head; pad defaults to <|endoftext|>
+    model = SequenceClassifier.from_pretrained(
+        tmp_path
+    ).eval()  # fresh head; pad defaults to <|endoftext|>
     assert model.pad_token_id == PAD and model.score.weight.shape == (2, 16)
     ids, mask = batch
     with torch.no_grad():

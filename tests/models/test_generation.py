@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from transformers import GPT2LMHeadModel
 from transformers import GPT2Config as HFGPT2Config  # imported here: the lazy import takes seconds
+from transformers import GPT2LMHeadModel
 
 from medlm.errors import ConfigError
-from medlm.models.generation import generate, generate_text, sample_logits, top_k_filter, top_p_filter
+from medlm.models.generation import (
+    generate,
+    generate_text,
+    sample_logits,
+    top_k_filter,
+    top_p_filter,
+)
 from medlm.models.gpt2 import GPT2, GPT2Config
 
 VOCAB, BLOCK = 50, 48
@@ -30,7 +34,9 @@ def _sharpen(model: torch.nn.Module) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def model() -> GPT2:
-    return _sharpen(GPT2(GPT2Config(block_size=BLOCK, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)))
+    return _sharpen(
+        GPT2(GPT2Config(block_size=BLOCK, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32))
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -42,8 +48,18 @@ PROBS = torch.tensor([0.0625, 0.5, 0.125, 0.25, 0.0625])  # shuffled: sorting mu
 LOGITS = PROBS.log()[None]
 
 
-@pytest.mark.parametrize("top_p, nucleus", [(0.1, {1}), (0.5, {1}), (0.7, {1, 3}), (0.75, {1, 3}),
-                                            (0.76, {1, 3, 2}), (0.875, {1, 3, 2}), (1.0, {0, 1, 2, 3, 4})])
+@pytest.mark.parametrize(
+    "top_p, nucleus",
+    [
+        (0.1, {1}),
+        (0.5, {1}),
+        (0.7, {1, 3}),
+        (0.75, {1, 3}),
+        (0.76, {1, 3, 2}),
+        (0.875, {1, 3, 2}),
+        (1.0, {0, 1, 2, 3, 4}),
+    ],
+)
 def test_top_p_filter_keeps_the_smallest_set_reaching_p(top_p, nucleus):
     kept = torch.isfinite(top_p_filter(LOGITS, top_p))[0].nonzero().flatten().tolist()
     assert set(kept) == nucleus
@@ -64,11 +80,14 @@ def test_top_k_filter():
         top_k_filter(LOGITS, 0)
 
 
-@pytest.mark.parametrize("kwargs, allowed, share", [
-    (dict(top_p=0.7), {1, 3}, {1: 2 / 3, 3: 1 / 3}),
-    (dict(top_k=3), {1, 3, 2}, {1: 4 / 7, 3: 2 / 7, 2: 1 / 7}),
-    (dict(top_k=3, top_p=0.7), {1, 3}, {1: 2 / 3, 3: 1 / 3}),
-])
+@pytest.mark.parametrize(
+    "kwargs, allowed, share",
+    [
+        (dict(top_p=0.7), {1, 3}, {1: 2 / 3, 3: 1 / 3}),
+        (dict(top_k=3), {1, 3, 2}, {1: 4 / 7, 3: 2 / 7, 2: 1 / 7}),
+        (dict(top_k=3, top_p=0.7), {1, 3}, {1: 2 / 3, 3: 1 / 3}),
+    ],
+)
 def test_sampling_never_leaves_the_filtered_set(kwargs, allowed, share):
     counts = torch.zeros(5)
     for seed in range(20):
@@ -146,7 +165,7 @@ def test_seed_leaves_the_global_rng_alone(model):
 
 def _truncate_after(tokens: list[int], stop: list[int]) -> list[int]:
     for i in range(len(stop), len(tokens) + 1):
-        if tokens[i - len(stop):i] == stop:
+        if tokens[i - len(stop) : i] == stop:
             return tokens[:i]
     return tokens
 
@@ -185,22 +204,29 @@ def test_on_token_streams_every_token_in_order(model):
     seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
     ref = generate(model, PROMPTS, 9, temperature=0)
     eos = ref[2][3]
-    out = generate(model, PROMPTS, 9, temperature=0, eos_id=eos, on_token=lambda b, t: seen[b].append(t))
+    out = generate(
+        model, PROMPTS, 9, temperature=0, eos_id=eos, on_token=lambda b, t: seen[b].append(t)
+    )
     assert [seen[b] for b in range(3)] == out
 
 
 def test_block_size_overflow_names_both_numbers(model):
-    with pytest.raises(ConfigError, match=r"40 tokens.*max_new_tokens 9.*49 > the model's block_size 48"):
+    with pytest.raises(
+        ConfigError, match=r"40 tokens.*max_new_tokens 9.*49 > the model's block_size 48"
+    ):
         generate(model, [[1] * 5, [1] * 40], 9)
     assert len(generate(model, [[1] * 40], 8, temperature=0)[0]) == 8  # exactly block_size fits
 
 
-@pytest.mark.parametrize("prompts, n, message", [
-    ([], 3, "no prompts"),
-    ([[1, 2], []], 3, "prompt 1 is empty"),
-    ([[1, VOCAB]], 3, f"token id {VOCAB} is outside the vocabulary"),
-    ([[1, 2]], -1, "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "prompts, n, message",
+    [
+        ([], 3, "no prompts"),
+        ([[1, 2], []], 3, "prompt 1 is empty"),
+        ([[1, VOCAB]], 3, f"token id {VOCAB} is outside the vocabulary"),
+        ([[1, 2]], -1, "max_new_tokens"),
+    ],
+)
 def test_bad_inputs(model, prompts, n, message):
     with pytest.raises(ValueError, match=message):
         generate(model, prompts, n)
@@ -221,27 +247,54 @@ def test_mode_is_restored(model, training):
 
 
 def test_dropout_is_off_while_generating():
-    m = _sharpen(GPT2(GPT2Config(block_size=BLOCK, vocab_size=VOCAB, n_layer=1, n_head=2, n_embd=16,
-                                 embd_dropout=0.5, attn_dropout=0.5, resid_dropout=0.5))).train()
+    m = _sharpen(
+        GPT2(
+            GPT2Config(
+                block_size=BLOCK,
+                vocab_size=VOCAB,
+                n_layer=1,
+                n_head=2,
+                n_embd=16,
+                embd_dropout=0.5,
+                attn_dropout=0.5,
+                resid_dropout=0.5,
+            )
+        )
+    ).train()
     assert generate(m, PROMPTS, 8, temperature=0) == generate(m, PROMPTS, 8, temperature=0)
 
 
 def test_matches_hf_greedy(tmp_path):
     torch.manual_seed(0)
-    config = HFGPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=VOCAB, n_positions=BLOCK,
-                                     bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    config = HFGPT2Config(
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        vocab_size=VOCAB,
+        n_positions=BLOCK,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     hf = _sharpen(GPT2LMHeadModel(config))
     hf.save_pretrained(tmp_path)
     ours = GPT2.from_pretrained(tmp_path)
     prompt = PROMPTS[1]
-    ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                      do_sample=False, max_new_tokens=15, min_new_tokens=15)
-    assert generate(ours, [prompt], 15, temperature=0) == [ref[0, len(prompt):].tolist()]
+    ref = hf.generate(
+        torch.tensor([prompt]),
+        attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        do_sample=False,
+        max_new_tokens=15,
+        min_new_tokens=15,
+    )
+    assert generate(ours, [prompt], 15, temperature=0) == [ref[0, len(prompt) :].tolist()]
     # and HF's left-padded batch, with its attention mask
     P = max(len(p) for p in PROMPTS)
     ids = torch.tensor([[0] * (P - len(p)) + p for p in PROMPTS])
     mask = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in PROMPTS])
-    ref = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=10, min_new_tokens=10)
+    ref = hf.generate(
+        ids, attention_mask=mask, do_sample=False, max_new_tokens=10, min_new_tokens=10
+    )
     assert generate(ours, PROMPTS, 10, temperature=0) == ref[:, P:].tolist()
 
 
@@ -263,12 +316,20 @@ def test_generate_text_cuts_at_the_first_stop_string(model):
     assert full == [_decode(r) for r in generate(model, PROMPTS, 12, temperature=0)]
     stop = full[0][3:5]
     lengths = []
-    out = generate_text(model, _encode, _decode, prompts, 12, temperature=0, stop_strings=["zzz", stop],
-                        on_token=lambda b, t: lengths.append(b))
+    out = generate_text(
+        model,
+        _encode,
+        _decode,
+        prompts,
+        12,
+        temperature=0,
+        stop_strings=["zzz", stop],
+        on_token=lambda b, t: lengths.append(b),
+    )
     for text, ref in zip(out, full):
         i = ref.find(stop)
         assert text == (ref[:i] if i >= 0 else ref)
-    assert out[0] == full[0][:full[0].find(stop)]
+    assert out[0] == full[0][: full[0].find(stop)]
     assert lengths.count(0) == full[0].find(stop) + len(stop)  # row 0 stopped as soon as it matched
 
 

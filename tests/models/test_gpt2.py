@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 from transformers import GPT2Config as HFGPT2Config  # imported here: the lazy import takes seconds
-from safetensors.torch import load_file
 
 from medlm.errors import ConfigError, MedlmError
 from medlm.models.checkpoint import write_hf_checkpoint
@@ -24,12 +24,21 @@ TINY = {  # two shapes: several heads, and few heads with an odd head size
 }
 
 
-def _hf_model(n_layer: int, n_head: int, n_embd: int, vocab_size: int, n_positions: int, seed: int = 0):
+def _hf_model(
+    n_layer: int, n_head: int, n_embd: int, vocab_size: int, n_positions: int, seed: int = 0
+):
     """A tiny HF GPT-2 whose every weight (biases and LayerNorms too) is random, so a missed
     transpose or a dropped bias shows in the logits."""
     torch.manual_seed(seed)
-    config = HFGPT2Config(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=vocab_size,
-                                     n_positions=n_positions, bos_token_id=None, eos_token_id=None)
+    config = HFGPT2Config(
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
         for p in model.parameters():
@@ -40,8 +49,11 @@ def _hf_model(n_layer: int, n_head: int, n_embd: int, vocab_size: int, n_positio
 def _write_legacy_bin(model, directory: Path) -> None:
     """pytorch_model.bin as the hub's gpt2 files: bare GPT2Model names, Conv1D layout, mask buffers."""
     directory.mkdir(parents=True)
-    state = {k.removeprefix("transformer."): v.clone() for k, v in model.state_dict().items()
-             if k != "lm_head.weight"}
+    state = {
+        k.removeprefix("transformer."): v.clone()
+        for k, v in model.state_dict().items()
+        if k != "lm_head.weight"
+    }
     n = model.config.n_positions
     for i in range(model.config.n_layer):
         state[f"h.{i}.attn.bias"] = torch.tril(torch.ones(n, n, dtype=torch.bool)).view(1, 1, n, n)
@@ -76,7 +88,9 @@ def _ids(vocab: int, B: int, T: int, seed: int = 1) -> torch.Tensor:
 def test_logits_match_hf(hf_dirs, name, fmt):
     hf, st_dir, bin_dir = hf_dirs[name]
     directory = st_dir if fmt == "safetensors" else bin_dir
-    assert {p.name for p in directory.glob("*.bin")} == ({"pytorch_model.bin"} if fmt == "bin" else set())
+    assert {p.name for p in directory.glob("*.bin")} == (
+        {"pytorch_model.bin"} if fmt == "bin" else set()
+    )
     model = GPT2.from_pretrained(directory).eval()
     idx = _ids(hf.config.vocab_size, 2, hf.config.n_positions)
     with torch.no_grad():
@@ -125,7 +139,7 @@ def test_kv_cache_chunks_equal_one_pass(hf_dirs):
         full = model(idx)
         cache = model.new_cache(2, 12)
         parts = [model(idx[:, :5], cache=cache), model(idx[:, 5:9], cache=cache)]
-        parts += [model(idx[:, t:t + 1], cache=cache) for t in range(9, 12)]
+        parts += [model(idx[:, t : t + 1], cache=cache) for t in range(9, 12)]
     assert cache.length == 12
     assert (torch.cat(parts, dim=1) - full).abs().max().item() <= 1e-5
 
@@ -139,12 +153,18 @@ def test_config_and_overrides(hf_dirs):
     plain = GPT2.from_pretrained(st_dir)
     c = plain.config
     assert (c.block_size, c.vocab_size, c.n_layer, c.n_head, c.n_embd) == (24, 67, 3, 2, 48)
-    assert (c.embd_dropout, c.attn_dropout, c.resid_dropout) == (0.1, 0.1, 0.1)  # HF's pdrop defaults
+    assert (c.embd_dropout, c.attn_dropout, c.resid_dropout) == (
+        0.1,
+        0.1,
+        0.1,
+    )  # HF's pdrop defaults
     c = GPT2.from_pretrained(st_dir, dropout=0.6).config
     assert (c.embd_dropout, c.attn_dropout, c.resid_dropout) == (0.6, 0.6, 0.6)
     c = GPT2.from_pretrained(st_dir, dropout=0.6, attn_dropout=0.0).config  # a named field wins
     assert (c.embd_dropout, c.attn_dropout, c.resid_dropout) == (0.6, 0.0, 0.6)
-    torch.testing.assert_close(GPT2.from_pretrained(st_dir, dropout=0.6).state_dict(), plain.state_dict())
+    torch.testing.assert_close(
+        GPT2.from_pretrained(st_dir, dropout=0.6).state_dict(), plain.state_dict()
+    )
 
 
 def test_smaller_block_size_crops_position_embeddings(hf_dirs):
@@ -168,18 +188,21 @@ def test_bad_override_value_is_named(hf_dirs):
         GPT2.from_pretrained(hf_dirs["l2h4d64"][1], dropout=1.5)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n_head=5, n_embd=64), "model.n_head: 5 does not divide n_embd 64"),
-    (dict(n_layer=0), "model.n_layer: 0"),
-    (dict(block_size=-1), "model.block_size: -1"),
-    (dict(vocab_size=3.5), "model.vocab_size: 3.5"),
-    (dict(n_embd=True), "model.n_embd: True"),
-    (dict(attn_dropout=1.0), "model.attn_dropout: 1.0"),
-    (dict(resid_dropout=-0.1), "model.resid_dropout: -0.1"),
-    (dict(embd_dropout="0.1"), "model.embd_dropout: '0.1'"),
-    (dict(bias="yes"), "model.bias: 'yes'"),
-    (dict(layer_norm_eps=0), "model.layer_norm_eps: 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_head=5, n_embd=64), "model.n_head: 5 does not divide n_embd 64"),
+        (dict(n_layer=0), "model.n_layer: 0"),
+        (dict(block_size=-1), "model.block_size: -1"),
+        (dict(vocab_size=3.5), "model.vocab_size: 3.5"),
+        (dict(n_embd=True), "model.n_embd: True"),
+        (dict(attn_dropout=1.0), "model.attn_dropout: 1.0"),
+        (dict(resid_dropout=-0.1), "model.resid_dropout: -0.1"),
+        (dict(embd_dropout="0.1"), "model.embd_dropout: '0.1'"),
+        (dict(bias="yes"), "model.bias: 'yes'"),
+        (dict(layer_norm_eps=0), "model.layer_norm_eps: 0"),
+    ],
+)
 def test_config_validation_names_the_key(kwargs, message):
     with pytest.raises(ConfigError) as err:
         GPT2Config(**kwargs)
@@ -206,12 +229,15 @@ def test_shape_mismatch_names_the_tensor(tmp_path, hf_dirs):
         GPT2.from_pretrained(d)
 
 
-@pytest.mark.parametrize("change, key", [
-    ({"activation_function": "relu"}, "activation_function"),
-    ({"n_inner": 100}, "n_inner"),
-    ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
-    ({"model_type": "llama"}, "model_type"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"activation_function": "relu"}, "activation_function"),
+        ({"n_inner": 100}, "n_inner"),
+        ({"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx"),
+        ({"model_type": "llama"}, "model_type"),
+    ],
+)
 def test_unsupported_hf_config_is_refused(tmp_path, hf_dirs, change, key):
     d = tmp_path / "m"
     shutil.copytree(hf_dirs["l2h4d64"][1], d)
@@ -275,8 +301,12 @@ def test_hub_id_downloads_safetensors_then_bin(monkeypatch, tmp_path, hf_dirs):
         assert calls == [("gpt2", calls[0][1])] and "model.safetensors" in calls[0][1]
         assert "pytorch_model.bin" not in calls[0][1]
         calls.clear()
-        assert (GPT2.from_pretrained("someone/old-gpt2").eval()(idx) - ref).abs().max().item() <= 1e-4
-        assert [c[0] for c in calls] == ["someone/old-gpt2"] * 2 and "pytorch_model.bin" in calls[1][1]
+        assert (
+            GPT2.from_pretrained("someone/old-gpt2").eval()(idx) - ref
+        ).abs().max().item() <= 1e-4
+        assert [c[0] for c in calls] == ["someone/old-gpt2"] * 2 and "pytorch_model.bin" in calls[
+            1
+        ][1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -285,7 +315,9 @@ def test_hub_id_downloads_safetensors_then_bin(monkeypatch, tmp_path, hf_dirs):
 
 def _random_gpt2(bias: bool) -> GPT2:
     torch.manual_seed(3)
-    model = GPT2(GPT2Config(block_size=20, vocab_size=53, n_layer=2, n_head=2, n_embd=32, bias=bias))
+    model = GPT2(
+        GPT2Config(block_size=20, vocab_size=53, n_layer=2, n_head=2, n_embd=32, bias=bias)
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2)
@@ -313,8 +345,13 @@ def test_to_hf_round_trip(tmp_path, bias):
 def test_to_hf_config_keys():
     config, state = _random_gpt2(True).to_hf()
     assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
-    assert (config["n_positions"], config["vocab_size"], config["n_layer"], config["n_head"],
-            config["n_embd"]) == (20, 53, 2, 2, 32)
+    assert (
+        config["n_positions"],
+        config["vocab_size"],
+        config["n_layer"],
+        config["n_head"],
+        config["n_embd"],
+    ) == (20, 53, 2, 2, 32)
     assert "bos_token_id" not in config  # token ids are the tokenizer's: the exporter writes them
     assert state["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)  # Conv1D: (in, out)
     assert state["transformer.h.1.mlp.c_proj.weight"].shape == (128, 32)
@@ -344,8 +381,12 @@ def test_num_params_counts_the_tied_weight_once(bias):
 def test_gpt2_init_scales_residual_projections():
     torch.manual_seed(0)
     model = GPT2(GPT2Config(block_size=16, vocab_size=64, n_layer=8, n_head=4, n_embd=128))
-    c_proj = torch.cat([p.flatten() for n, p in model.named_parameters() if n.endswith("c_proj.weight")])
-    c_fc = torch.cat([p.flatten() for n, p in model.named_parameters() if n.endswith("c_fc.weight")])
+    c_proj = torch.cat(
+        [p.flatten() for n, p in model.named_parameters() if n.endswith("c_proj.weight")]
+    )
+    c_fc = torch.cat(
+        [p.flatten() for n, p in model.named_parameters() if n.endswith("c_fc.weight")]
+    )
     assert c_proj.std().item() == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
     assert c_fc.std().item() == pytest.approx(0.02, rel=0.05)
     assert model.transformer.h[0].attn.c_attn.bias.abs().sum() == 0
@@ -355,7 +396,9 @@ def test_gpt2_init_scales_residual_projections():
 @pytest.mark.parametrize("which", ["embd_dropout", "attn_dropout", "resid_dropout"])
 def test_each_dropout_acts_only_in_training(which):
     torch.manual_seed(0)
-    model = GPT2(GPT2Config(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=16, **{which: 0.5}))
+    model = GPT2(
+        GPT2Config(block_size=16, vocab_size=40, n_layer=1, n_head=2, n_embd=16, **{which: 0.5})
+    )
     idx = _ids(40, 2, 16)
     with torch.no_grad():
         model.train()
@@ -378,7 +421,9 @@ def test_too_long_input_names_the_sizes():
 
 
 def test_new_cache_follows_the_model():
-    model = GPT2(GPT2Config(block_size=16, vocab_size=40, n_layer=3, n_head=2, n_embd=16)).to(torch.float64)
+    model = GPT2(GPT2Config(block_size=16, vocab_size=40, n_layer=3, n_head=2, n_embd=16)).to(
+        torch.float64
+    )
     cache = model.new_cache(4, 10)
     assert cache.k.shape == (3, 4, 2, 10, 8) and cache.k.dtype == torch.float64
     assert model.new_cache(1, 5, dtype=torch.float32).v.dtype == torch.float32
@@ -398,7 +443,10 @@ def test_cache_of_another_dtype():
         ref = model(idx)
         model.to(torch.bfloat16)
         cache = model.new_cache(2, 8, dtype=torch.float32)
-        stepped = torch.cat([model(idx[:, :5], cache=cache)] + [model(idx[:, t:t + 1], cache=cache)
-                                                                 for t in range(5, 8)], dim=1)
+        stepped = torch.cat(
+            [model(idx[:, :5], cache=cache)]
+            + [model(idx[:, t : t + 1], cache=cache) for t in range(5, 8)],
+            dim=1,
+        )
     assert cache.k.dtype == torch.float32 and stepped.dtype == torch.bfloat16
     torch.testing.assert_close(stepped.float(), ref, atol=0.05, rtol=0.05)

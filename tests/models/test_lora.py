@@ -10,8 +10,16 @@ import torch
 from torch import nn
 
 from medlm.errors import ConfigError, MedlmError
-from medlm.models.lora import (LoRALinear, apply_lora, load_lora_state_dict, lora_layers, lora_state_dict,
-                               merge_lora, trainable_parameter_summary, unmerge_lora)
+from medlm.models.lora import (
+    LoRALinear,
+    apply_lora,
+    load_lora_state_dict,
+    lora_layers,
+    lora_state_dict,
+    merge_lora,
+    trainable_parameter_summary,
+    unmerge_lora,
+)
 
 
 class TinyNet(nn.Module):
@@ -42,7 +50,9 @@ def test_layer_init_forward_and_merge():
     layer = LoRALinear(base, r=4, alpha=8, dropout=0.0)
     assert layer.scale == 2.0
     assert (layer.lora_B.weight == 0).all()  # a fresh adapter changes nothing
-    bound = 1 / math.sqrt(16)  # kaiming_uniform_(a=sqrt(5)) = nn.Linear's default bound 1/sqrt(fan_in)
+    bound = 1 / math.sqrt(
+        16
+    )  # kaiming_uniform_(a=sqrt(5)) = nn.Linear's default bound 1/sqrt(fan_in)
     assert layer.lora_A.weight.abs().max() <= bound and layer.lora_A.weight.std() > bound / 4
     x = torch.randn(2, 5, 16)
     assert torch.equal(layer(x), base(x))
@@ -64,8 +74,10 @@ def test_layer_init_forward_and_merge():
 def test_layer_equals_peft_lora_linear():
     peft = pytest.importorskip("peft")
     torch.manual_seed(1)
-    ref = peft.get_peft_model(nn.Sequential(nn.Linear(16, 12)),
-                              peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["0"]))
+    ref = peft.get_peft_model(
+        nn.Sequential(nn.Linear(16, 12)),
+        peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["0"]),
+    )
     ref_layer = ref.base_model.model[0]
     with torch.no_grad():
         ref_layer.lora_B["default"].weight.normal_()
@@ -88,15 +100,18 @@ def test_apply_lora_targets_freezing_and_summary():
     assert sorted(lora_layers(model)) == ["attn.c_attn", "attn.c_proj", "mlp.c_proj"]
     assert isinstance(model.mlp["c_fc"], nn.Linear)  # not a target
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {f"{m}.lora_{ab}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_proj")
-                         for ab in "AB"} | {"head.weight"}
+    assert trainable == {
+        f"{m}.lora_{ab}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_proj") for ab in "AB"
+    } | {"head.weight"}
     n_lora = 2 * (8 + 24) + 2 * (8 + 8) + 2 * (32 + 8)
     summary = trainable_parameter_summary(model)
     trainable_n, total_n, share = summary  # a plain tuple too
     assert (trainable_n, total_n) == (n_lora + 24, total + n_lora)
     assert share == pytest.approx(trainable_n / total_n)
-    assert str(summary) == (f"trainable params: {trainable_n:,} || all params: {total_n:,} || "
-                            f"trainable%: {100 * share:.4f}")
+    assert str(summary) == (
+        f"trainable params: {trainable_n:,} || all params: {total_n:,} || "
+        f"trainable%: {100 * share:.4f}"
+    )
 
     x = torch.randn(4, 8)
     model(x).sum().backward()
@@ -107,15 +122,18 @@ def test_apply_lora_targets_freezing_and_summary():
     assert sorted(lora_layers(regex)) == ["mlp.c_fc", "mlp.c_proj"]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"targets": ["q_proj"]}, r"lora.targets \['q_proj'\] match no nn.Linear"),
-    ({"targets": []}, "lora.targets"),
-    ({"r": 0}, "lora.r"),
-    ({"alpha": -1}, "lora.alpha"),
-    ({"dropout": 1.0}, "lora.dropout"),
-    ({"modules_to_save": ["classifier"]}, "lora.modules_to_save"),
-    ({"targets": ["c_attn["]}, "not a valid regular expression"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"targets": ["q_proj"]}, r"lora.targets \['q_proj'\] match no nn.Linear"),
+        ({"targets": []}, "lora.targets"),
+        ({"r": 0}, "lora.r"),
+        ({"alpha": -1}, "lora.alpha"),
+        ({"dropout": 1.0}, "lora.dropout"),
+        ({"modules_to_save": ["classifier"]}, "lora.modules_to_save"),
+        ({"targets": ["c_attn["]}, "not a valid regular expression"),
+    ],
+)
 def test_bad_lora_config_is_named(kwargs, message):
     args = {"targets": ["c_attn"], "r": 2, "alpha": 4, "dropout": 0.0} | kwargs
     model = TinyNet()
@@ -126,8 +144,9 @@ def test_bad_lora_config_is_named(kwargs, message):
 
 def test_merge_equals_unmerged_and_unwrap():
     torch.manual_seed(0)
-    model = apply_lora(TinyNet(), ["c_attn", "c_proj", "c_fc"], r=4, alpha=16, dropout=0.1,
-                       modules_to_save="head").eval()
+    model = apply_lora(
+        TinyNet(), ["c_attn", "c_proj", "c_fc"], r=4, alpha=16, dropout=0.1, modules_to_save="head"
+    ).eval()
     _randomize_b(model)
     x = torch.randn(5, 8)
     with torch.no_grad():
@@ -146,12 +165,17 @@ def test_merge_equals_unmerged_and_unwrap():
 
 def test_lora_state_dict_round_trip_and_errors():
     torch.manual_seed(0)
-    src = apply_lora(TinyNet(), ["c_attn", "c_proj"], r=2, alpha=4, dropout=0.0, modules_to_save=["head"])
+    src = apply_lora(
+        TinyNet(), ["c_attn", "c_proj"], r=2, alpha=4, dropout=0.0, modules_to_save=["head"]
+    )
     _randomize_b(src)
     sd = lora_state_dict(src)
-    assert set(sd) == {f"{m}.lora_{ab}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_proj")
-                       for ab in "AB"} | {"head.weight"}
-    dst = apply_lora(TinyNet(), ["c_attn", "c_proj"], r=2, alpha=4, dropout=0.0, modules_to_save=["head"])
+    assert set(sd) == {
+        f"{m}.lora_{ab}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_proj") for ab in "AB"
+    } | {"head.weight"}
+    dst = apply_lora(
+        TinyNet(), ["c_attn", "c_proj"], r=2, alpha=4, dropout=0.0, modules_to_save=["head"]
+    )
     dst.load_state_dict({k: v for k, v in src.state_dict().items() if k not in sd}, strict=False)
     merge_lora(dst)  # a merged model takes a new adapter correctly too
     load_lora_state_dict(dst, sd)
@@ -159,9 +183,14 @@ def test_lora_state_dict_round_trip_and_errors():
     with torch.no_grad():
         torch.testing.assert_close(dst(x), src(x), atol=1e-5, rtol=1e-5)
 
-    with pytest.raises(MedlmError, match=r"adapter.ckpt: adapter tensors do not match the model: "
-                                         r"missing \['head.weight'\]"):
-        load_lora_state_dict(dst, {k: v for k, v in sd.items() if k != "head.weight"}, source="adapter.ckpt")
+    with pytest.raises(
+        MedlmError,
+        match=r"adapter.ckpt: adapter tensors do not match the model: "
+        r"missing \['head.weight'\]",
+    ):
+        load_lora_state_dict(
+            dst, {k: v for k, v in sd.items() if k != "head.weight"}, source="adapter.ckpt"
+        )
     bad = dict(sd)
     bad["attn.c_attn.lora_A.weight"] = torch.zeros(3, 8)
     with pytest.raises(MedlmError, match=r"attn.c_attn.lora_A.weight has shape \(3, 8\)"):
@@ -185,14 +214,27 @@ def test_gpt2_lm_with_lora_equals_peft(tmp_path):
     idx = torch.randint(0, 300, (2, 12))
     with torch.no_grad():
         base_logits = hf(input_ids=idx).logits
-    ref = peft.get_peft_model(hf, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.1,
-                                                  target_modules=["c_attn", "c_proj"], task_type="CAUSAL_LM"))
-    ours = apply_lora(GPT2.from_pretrained(tmp_path), ["c_attn", "c_proj"], r=8, alpha=32, dropout=0.1)
+    ref = peft.get_peft_model(
+        hf,
+        peft.LoraConfig(
+            r=8,
+            lora_alpha=32,
+            lora_dropout=0.1,
+            target_modules=["c_attn", "c_proj"],
+            task_type="CAUSAL_LM",
+        ),
+    )
+    ours = apply_lora(
+        GPT2.from_pretrained(tmp_path), ["c_attn", "c_proj"], r=8, alpha=32, dropout=0.1
+    )
     with torch.no_grad():
         for n, p in ref.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
-    adapter = {k.removeprefix("base_model.model."): v for k, v in peft.get_peft_model_state_dict(ref).items()}
+    adapter = {
+        k.removeprefix("base_model.model."): v
+        for k, v in peft.get_peft_model_state_dict(ref).items()
+    }
     load_lora_state_dict(ours, adapter)
     ref.eval(), ours.eval()
     ref_sum = ref.get_nb_trainable_parameters()

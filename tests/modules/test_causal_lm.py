@@ -38,7 +38,9 @@ def test_schedule_steps_the_optimizer_learning_rate() -> None:
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    assert lrs == pytest.approx([1.0, 2.0, 2.0, 2.0 * (0.25 + 0.75 * 0.5 * (1 + math.cos(math.pi / 2))), 0.5])
+    assert lrs == pytest.approx(
+        [1.0, 2.0, 2.0, 2.0 * (0.25 + 0.75 * 0.5 * (1 + math.cos(math.pi / 2))), 0.5]
+    )
 
 
 def test_weight_decay_applies_to_matrices_only_and_fused_is_chosen_by_device() -> None:
@@ -46,7 +48,9 @@ def test_weight_decay_applies_to_matrices_only_and_fused_is_chosen_by_device() -
     opt = module.configure_optimizers()["optimizer"]
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() < 2 for p in plain["params"])
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(
+        p.dim() < 2 for p in plain["params"]
+    )
     n_trainable = sum(p.numel() for p in module.net.parameters())
     assert sum(p.numel() for g in opt.param_groups for p in g["params"]) == n_trainable
     assert opt.defaults["fused"] is False  # on the CPU: no fused kernel asked for

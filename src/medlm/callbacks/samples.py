@@ -12,51 +12,94 @@ from pathlib import Path
 import lightning.pytorch as L
 
 from medlm.data.tokenizer import Tokenizer
-from medlm.models.generation import generate
 from medlm.errors import ConfigError
+from medlm.models.generation import generate
 from medlm.utils.checks import check_number
 from medlm.utils.io import atomic_write
 from medlm.utils.tracking import log_artifact
 
 
 class SampleGenerations(L.Callback):
-    def __init__(self, num_prompts: int = 3, max_new_tokens: int = 48, temperature: float = 0.8,
-                 top_k: int | None = 50, top_p: float | None = 0.95, seed: int = 1234) -> None:
+    def __init__(
+        self,
+        num_prompts: int = 3,
+        max_new_tokens: int = 48,
+        temperature: float = 0.8,
+        top_k: int | None = 50,
+        top_p: float | None = 0.95,
+        seed: int = 1234,
+    ) -> None:
         key = "callbacks.samples"
         check_number(num_prompts, f"{key}.num_prompts", int, 0)
         check_number(max_new_tokens, f"{key}.max_new_tokens", int, 1)
         check_number(temperature, f"{key}.temperature", (int, float), 0)
         if top_k is not None:
             check_number(top_k, f"{key}.top_k", int, 1)
-        if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        if top_p is not None and (
+            isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1
+        ):
             raise ConfigError(f"{key}.top_p must be a number in (0, 1], got {top_p!r}")
         self.num_prompts, self.seed = num_prompts, seed
-        self.max_new_tokens, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
+        self.max_new_tokens, self.temperature, self.top_k, self.top_p = (
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+        )
         self.history: list[tuple[int, list[str]]] = []  # (epoch, answers), for tests and summaries
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
-        if trainer.sanity_checking or not trainer.is_global_zero or not hasattr(dm, "sample_prompts"):
+        if (
+            trainer.sanity_checking
+            or not trainer.is_global_zero
+            or not hasattr(dm, "sample_prompts")
+        ):
             return
         prompts = dm.sample_prompts(self.num_prompts)
         if not prompts:
             return
-        refs = dm.sample_references(self.num_prompts) if hasattr(dm, "sample_references") else [None] * len(prompts)
+        refs = (
+            dm.sample_references(self.num_prompts)
+            if hasattr(dm, "sample_references")
+            else [None] * len(prompts)
+        )
         answers = self.answer(pl_module, dm.tokenizer, prompts)
         self.history.append((trainer.current_epoch, answers))
-        path = Path(trainer.default_root_dir) / "samples" / f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}.md"
+        path = (
+            Path(trainer.default_root_dir)
+            / "samples"
+            / f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}.md"
+        )
         with atomic_write(path) as f:
-            f.write(f"# Samples after epoch {trainer.current_epoch}, step {trainer.global_step}\n\n")
+            f.write(
+                f"# Samples after epoch {trainer.current_epoch}, step {trainer.global_step}\n\n"
+            )
             for i, (prompt, answer, ref) in enumerate(zip(prompts, answers, refs)):
-                f.write(f"## {i}\n\n**Prompt** (end)\n\n```\n{prompt[-600:]}\n```\n\n**Generated**\n\n```\n{answer}\n```\n\n")
+                f.write(
+                    f"## {i}\n\n**Prompt** (end)\n\n```\n{prompt[-600:]}\n```\n\n**Generated**\n\n```\n{answer}\n```\n\n"
+                )
                 if ref is not None:
                     f.write(f"**Reference**\n\n```\n{ref}\n```\n\n")
         log_artifact(trainer.loggers, path, "samples")
 
-    def answer(self, pl_module: L.LightningModule, tokenizer: Tokenizer, prompts: list[str]) -> list[str]:
+    def answer(
+        self, pl_module: L.LightningModule, tokenizer: Tokenizer, prompts: list[str]
+    ) -> list[str]:
         """Generate a continuation for each prompt, its start cut so that prompt and answer fit the context."""
         budget = pl_module.net.config.block_size - self.max_new_tokens
         ids = [tokenizer.encode_prompt(p)[-budget:] for p in prompts]
-        out = generate(pl_module.net, ids, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                       top_p=self.top_p, stop_sequences=[[t] for t in tokenizer.stop_ids], seed=self.seed)
-        return [tokenizer.decode([t for t in toks if t not in tokenizer.stop_ids]).strip() for toks in out]
+        out = generate(
+            pl_module.net,
+            ids,
+            self.max_new_tokens,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop_sequences=[[t] for t in tokenizer.stop_ids],
+            seed=self.seed,
+        )
+        return [
+            tokenizer.decode([t for t in toks if t not in tokenizer.stop_ids]).strip()
+            for toks in out
+        ]

@@ -9,8 +9,15 @@ import lightning.pytorch as L
 import torch
 
 # dense bf16 peak FLOP/s per device, from the vendors' datasheets
-PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
-                   "RTX 4090": 165e12, "V100": 125e12}
+PEAK_BF16_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "RTX 4090": 165e12,
+    "V100": 125e12,
+}
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -41,8 +48,14 @@ class Throughput(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start, self._tokens, self._steps = None, 0, 0  # validation time is not training time
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if pl_module.device.type == "cuda":
             torch.cuda.synchronize(pl_module.device)
         now = time.perf_counter()
@@ -58,7 +71,9 @@ class Throughput(L.Callback):
         metrics = {"train/tokens_per_sec": tokens_per_sec}
         peak = peak_flops(pl_module.device)
         if peak:
-            achieved = tokens_per_sec * flops_per_token(pl_module.net, ids.size(1)) / trainer.world_size
+            achieved = (
+                tokens_per_sec * flops_per_token(pl_module.net, ids.size(1)) / trainer.world_size
+            )
             metrics["train/mfu"] = achieved / peak
         # straight to the loggers: through self.log the value would repeat at every step until the next one
         if trainer.is_global_zero:

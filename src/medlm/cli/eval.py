@@ -40,25 +40,37 @@ def pick_device(value: str) -> torch.device:
     try:
         device = torch.device(value)
     except RuntimeError:
-        raise ConfigError(f"device: {value!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)") from None
+        raise ConfigError(
+            f"device: {value!r} is not a torch device (auto, cpu, cuda, cuda:1, ...)"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {value} was asked for, but torch sees no CUDA GPU here")
     return device
 
 
-def record(cfg: DictConfig, results: Results, models: list[ModelToScore], files: list[Path], out: Path) -> None:
+def record(
+    cfg: DictConfig, results: Results, models: list[ModelToScore], files: list[Path], out: Path
+) -> None:
     """The evaluation's MLflow run (params, metrics NAME/METRIC, the files, tags linking the runs it
     scored), and each scored training run's eval/<benchmark>/<metric>."""
     loggers = make_loggers(cfg, None)
     if not loggers:
         return
     record_run(loggers, cfg, out, resumed=False)
-    metrics = {f"{name}/{k}": float(v) for name, m in results.models.items() for k, v in m.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics = {
+        f"{name}/{k}": float(v)
+        for name, m in results.models.items()
+        for k, v in m.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     for lg in loggers:
         lg.log_metrics(metrics)
     for path in files:
-        log_artifact(loggers, path, path.parent.relative_to(out).as_posix() if path.parent != out else "results")
+        log_artifact(
+            loggers,
+            path,
+            path.parent.relative_to(out).as_posix() if path.parent != out else "results",
+        )
     for lg in mlflow_loggers(loggers):
         client, eval_run = lg.experiment, lg.run_id
         for m in models:
@@ -87,10 +99,17 @@ def evaluate(cfg: DictConfig) -> Results:
 
     out = Path(cfg.paths.output_dir)
     files = list(results.write(out).values())
-    for model, details in results.details.items():  # classifiers and PubMedQA: a confusion matrix each
+    for (
+        model,
+        details,
+    ) in results.details.items():  # classifiers and PubMedQA: a confusion matrix each
         if "confusion" in details and "labels" in details:
-            files += write_confusion_matrix(details["confusion"], details["labels"], out / "confusion" / model,
-                                            f"{model}: {results.title}")
+            files += write_confusion_matrix(
+                details["confusion"],
+                details["labels"],
+                out / "confusion" / model,
+                f"{model}: {results.title}",
+            )
     print(f"{results.title}\n\n{results.table()}\n")
     for m in models:
         print(f"{m.name}: {m.path}" + (f" (MLflow run {m.run_id})" if m.run_id else ""))

@@ -13,10 +13,9 @@ merged model. A user error prints one ``error: ...`` line and exits 2.
 
 from __future__ import annotations
 
-import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from torch import nn
 
@@ -29,7 +28,10 @@ from medlm.models.convert_classifier import export_classifier
 from medlm.utils.cli import OneLineErrorParser, user_errors
 from medlm.utils.io import atomic_path
 
-def export(src: str | Path, out_dir: str | Path, merged: bool = False, force: bool = False) -> list[Path]:
+
+def export(
+    src: str | Path, out_dir: str | Path, merged: bool = False, force: bool = False
+) -> list[Path]:
     """Write the Hugging Face form of checkpoint ``src`` into ``out_dir``; return the files written."""
     src, out_dir = Path(src), Path(out_dir)
     ckpt = read_checkpoint(src)
@@ -41,8 +43,10 @@ def export(src: str | Path, out_dir: str | Path, merged: bool = False, force: bo
     if isinstance(net, SequenceClassifier):
         return list(export_classifier(net, out_dir, merged, str(src)))
     if merged:
-        raise ConfigError(f"--merged: {src} is a causal-LM checkpoint, not a LoRA classifier; there is "
-                          "nothing to merge")
+        raise ConfigError(
+            f"--merged: {src} is a causal-LM checkpoint, not a LoRA classifier; there is "
+            "nothing to merge"
+        )
     return export_causal_lm(net, src, out_dir, checkpoint_tokenizer(ckpt))
 
 
@@ -50,7 +54,9 @@ def export_causal_lm(net: nn.Module, src: Path, out_dir: Path, tokenizer: Tokeni
     """Write ``net`` (read from ``src``) as a HF causal LM with ``tokenizer``'s special ids, and the
     tokenizer's own Hugging Face files when it has them (GPT-2's)."""
     if not hasattr(net, "to_hf"):
-        raise MedlmError(f"{src}: {type(net).__name__} has no Hugging Face form (GPT2 and Llama have)")
+        raise MedlmError(
+            f"{src}: {type(net).__name__} has no Hugging Face form (GPT2 and Llama have)"
+        )
     config, state = net.to_hf()
     # a model smaller than the tokenizer's vocabulary was not trained on it: its ids mean nothing there
     fits = net.config.vocab_size >= tokenizer.vocab_size
@@ -63,8 +69,9 @@ def export_causal_lm(net: nn.Module, src: Path, out_dir: Path, tokenizer: Tokeni
     write_hf_checkpoint(out_dir, config, state)
     written = [out_dir / "config.json", out_dir / "model.safetensors"]
     if files:
-        files["generation_config.json"] = json.dumps({"bos_token_id": bos, "eos_token_id": eot,
-                                                      "pad_token_id": eot}, indent=2).encode()
+        files["generation_config.json"] = json.dumps(
+            {"bos_token_id": bos, "eos_token_id": eot, "pad_token_id": eot}, indent=2
+        ).encode()
     for name, data in files.items():
         with atomic_path(out_dir / name) as tmp:
             tmp.write_bytes(data)
@@ -76,8 +83,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = OneLineErrorParser(prog="medlm-export", description=__doc__.split("\n\n")[0])
     p.add_argument("src", type=Path, help="a medlm training checkpoint (.ckpt)")
     p.add_argument("out_dir", type=Path, help="the Hugging Face directory to write")
-    p.add_argument("--merged", action="store_true",
-                   help="LoRA classifier: merge the adapter into the base weights (default: a PEFT adapter)")
+    p.add_argument(
+        "--merged",
+        action="store_true",
+        help="LoRA classifier: merge the adapter into the base weights (default: a PEFT adapter)",
+    )
     p.add_argument("--force", action="store_true", help="write into a non-empty directory")
     args = p.parse_args(argv)
     with user_errors():

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from medlm.errors import ConfigError, DataError
 from medlm.generator import Generator
@@ -25,25 +25,58 @@ SEPARATOR = "-" * 40
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineErrorParser(prog="medlm-generate", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a medlm .ckpt, a Hugging Face model directory or a Meta checkpoint directory")
-    p.add_argument("--tokenizer", help="Llama 3 tokenizer.model, or a tiktoken encoding name (gpt2); "
-                   "default: the one beside the weights, or the checkpoint's own")
+    p = OneLineErrorParser(
+        prog="medlm-generate",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "model", help="a medlm .ckpt, a Hugging Face model directory or a Meta checkpoint directory"
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="Llama 3 tokenizer.model, or a tiktoken encoding name (gpt2); "
+        "default: the one beside the weights, or the checkpoint's own",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
-    src.add_argument("--prompt-file", type=Path, help="a UTF-8 text file, one prompt per line (blank lines skipped)")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)")
+    src.add_argument(
+        "--prompt-file",
+        type=Path,
+        help="a UTF-8 text file, one prompt per line (blank lines skipped)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=64, help="tokens to generate per prompt (default 64)"
+    )
     p.add_argument("--temperature", type=float, default=0.6, help="0 is greedy (default 0.6)")
     p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9; 1 is off)")
+    p.add_argument(
+        "--top-p", type=float, default=0.9, help="nucleus sampling mass (default 0.9; 1 is off)"
+    )
     p.add_argument("--seed", type=int, default=1, help="sampling seed (default 1)")
-    p.add_argument("--stop", action="append", default=[], help="end a generation before this text (repeatable)")
-    p.add_argument("--no-cache", action="store_true", help="recompute every position at every step (no KV cache)")
-    p.add_argument("--no-echo", action="store_true", help="print only the generated text, not the prompt")
-    p.add_argument("--batch-size", type=int, default=8, help="prompts generated at once (default 8)")
-    p.add_argument("--max-seq-len", type=int, default=None, help="prompt + generation limit (default: the model's context)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    p.add_argument(
+        "--stop", action="append", default=[], help="end a generation before this text (repeatable)"
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute every position at every step (no KV cache)",
+    )
+    p.add_argument(
+        "--no-echo", action="store_true", help="print only the generated text, not the prompt"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="prompts generated at once (default 8)"
+    )
+    p.add_argument(
+        "--max-seq-len",
+        type=int,
+        default=None,
+        help="prompt + generation limit (default: the model's context)",
+    )
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)"
+    )
     return p
 
 
@@ -69,11 +102,23 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size: {args.batch_size} is not a positive integer")
     if args.max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens: {args.max_new_tokens} is negative")
-    generator = Generator.build(args.model, args.tokenizer, args.max_seq_len,
-                                min(args.batch_size, len(prompts)), seed=args.seed, device=args.device)
+    generator = Generator.build(
+        args.model,
+        args.tokenizer,
+        args.max_seq_len,
+        min(args.batch_size, len(prompts)),
+        seed=args.seed,
+        device=args.device,
+    )
     generator.encode_prompts(prompts, args.max_new_tokens)  # every prompt fits, before any output
-    settings = dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                    max_gen_len=args.max_new_tokens, stop=args.stop, use_cache=not args.no_cache)
+    settings = dict(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_gen_len=args.max_new_tokens,
+        stop=args.stop,
+        use_cache=not args.no_cache,
+    )
     out = sys.stdout
     if len(prompts) == 1:  # stream it; the prompt goes out once the settings proved valid
         pending = ["" if args.no_echo else prompts[0]]
@@ -87,7 +132,7 @@ def run(args: argparse.Namespace) -> None:
         out.flush()
         return
     for start in range(0, len(prompts), args.batch_size):
-        batch = prompts[start:start + args.batch_size]
+        batch = prompts[start : start + args.batch_size]
         results = generator.text_completion(batch, **settings)
         for i, (prompt, result) in enumerate(zip(batch, results)):
             if start + i:

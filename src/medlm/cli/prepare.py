@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from medlm.utils.cli import USER_ERROR_EXIT, user_errors
 
@@ -25,18 +25,37 @@ def add_medquad(subparsers: argparse._SubParsersAction) -> None:
         "question,answer,source,focus_area CSV export) into Alpaca records "
         "{instruction, input, output} in OUT_DIR/{train,val,test}.jsonl.",
     )
-    p.add_argument("src", metavar="SRC", help="MedQuAD root folder, an XML file, or a CSV file/folder")
+    p.add_argument(
+        "src", metavar="SRC", help="MedQuAD root folder, an XML file, or a CSV file/folder"
+    )
     p.add_argument("out_dir", metavar="OUT_DIR", help="where train.jsonl, val.jsonl, test.jsonl go")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default="auto",
-                   help="input format (default: from the suffix / the files in SRC)")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
-                   help="drop records whose Alpaca prompt + answer exceed N GPT-2 tokens; 0 keeps all "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--format",
+        dest="fmt",
+        choices=FORMATS,
+        default="auto",
+        help="input format (default: from the suffix / the files in SRC)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        metavar="N",
+        help="drop records whose Alpaca prompt + answer exceed N GPT-2 tokens; 0 keeps all "
+        "(default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0, help="split seed (default: %(default)s)")
-    p.add_argument("--val-frac", type=float, default=0.05, metavar="F", help="(default: %(default)s)")
-    p.add_argument("--test-frac", type=float, default=0.05, metavar="F", help="(default: %(default)s)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip malformed files/rows and count them, instead of stopping at the first")
+    p.add_argument(
+        "--val-frac", type=float, default=0.05, metavar="F", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--test-frac", type=float, default=0.05, metavar="F", help="(default: %(default)s)"
+    )
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip malformed files/rows and count them, instead of stopping at the first",
+    )
     p.set_defaults(func=run_medquad)
 
 
@@ -75,12 +94,27 @@ def add_shards(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="one or more, read in order")
     p.add_argument("out_dir", metavar="OUT_DIR", help="where the shards and manifest.json go")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 (default) or llama3:<tokenizer.model>")
-    p.add_argument("--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N",
-                   help="tokens per shard (default: %(default)s)")
-    p.add_argument("--val-tokens", type=int, default=None, metavar="N",
-                   help="tokens of the validation split (default: the first shard)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="tokenising processes (default: the cores)")
+    p.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=DEFAULT_SHARD_TOKENS,
+        metavar="N",
+        help="tokens per shard (default: %(default)s)",
+    )
+    p.add_argument(
+        "--val-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens of the validation split (default: the first shard)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokenising processes (default: the cores)",
+    )
     p.add_argument("--text-field", default="text", help="text field of JSONL/parquet/Hub rows")
     p.add_argument("--hub-config", default=None, metavar="NAME", help="Hub config: sample-10BT")
     p.add_argument("--hub-split", default="train", metavar="NAME", help="Hub split (train)")
@@ -92,9 +126,16 @@ def run_shards(args: argparse.Namespace) -> int:
     from medlm.data.shard_writer import prepare_shards
 
     summary = prepare_shards(
-        args.sources, args.out_dir, tokenizer=args.tokenizer, shard_tokens=args.shard_tokens,
-        val_tokens=args.val_tokens, workers=args.workers, text_field=args.text_field,
-        hub_config=args.hub_config, hub_split=args.hub_split, progress=not args.no_progress,
+        args.sources,
+        args.out_dir,
+        tokenizer=args.tokenizer,
+        shard_tokens=args.shard_tokens,
+        val_tokens=args.val_tokens,
+        workers=args.workers,
+        text_field=args.text_field,
+        hub_config=args.hub_config,
+        hub_split=args.hub_split,
+        progress=not args.no_progress,
     )
     print(summary.format())
     return 0

@@ -1,9 +1,9 @@
 """medlm-train: compose model x data x trainer with Hydra, fit, and record the run in MLflow.
 
-    medlm-train                                        # experiment=quickstart
-    medlm-train experiment=biomedgpt_pubmedqa trainer=gpu
-    medlm-train -m optim.lr=1e-4,3e-4                  # a sweep: one MLflow run per job
-    medlm-train hydra.run.dir=<a run's dir> ckpt_path=auto   # resume it, same MLflow run
+medlm-train                                        # experiment=quickstart
+medlm-train experiment=biomedgpt_pubmedqa trainer=gpu
+medlm-train -m optim.lr=1e-4,3e-4                  # a sweep: one MLflow run per job
+medlm-train hydra.run.dir=<a run's dir> ckpt_path=auto   # resume it, same MLflow run
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def check_context(cfg: DictConfig, net) -> None:
     """The data's block must fit the model's context; fail before any data is read."""
     block, context = cfg.data.get("block_size"), getattr(net.config, "block_size", None)
     if block is not None and context is not None and block > context:
-        raise ConfigError(f"data.block_size: {block} is longer than the model's context of {context} tokens")
+        raise ConfigError(
+            f"data.block_size: {block} is longer than the model's context of {context} tokens"
+        )
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -55,19 +57,27 @@ def train(cfg: DictConfig) -> float | None:
     net = instantiate(cfg.model)  # a wrong model value fails here, before any data is read
     check_context(cfg, net)
     datamodule = instantiate(cfg.data)
-    module = instantiate(cfg.module, net=net, optimizer=instantiate(cfg.optim),
-                         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-                         _convert_="all")
+    module = instantiate(
+        cfg.module,
+        net=net,
+        optimizer=instantiate(cfg.optim),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        _convert_="all",
+    )
 
     # a requeued SLURM job resumes from the checkpoint it saved when it was signalled
-    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) or requeued_checkpoint(output_dir)
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir) or requeued_checkpoint(
+        output_dir
+    )
     run_id_file = output_dir / RUN_ID_FILE
     resume_run_id = run_id_file.read_text().strip() if ckpt_path and run_id_file.is_file() else None
     # a callback set to null on the command line (callbacks.samples=null) is switched off
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     # always, and last: the random state and the loader's place in the epoch in every checkpoint
     callbacks.append(ResumeState())
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg, resume_run_id))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=make_loggers(cfg, resume_run_id)
+    )
     if rank_zero_only.rank == 0:  # DDP: the other ranks run this too, and must not write records
         record_run(trainer.loggers, cfg, output_dir, resumed=resume_run_id is not None)
 

@@ -30,7 +30,9 @@ ALPACA_TEMPLATE: Mapping[str, str] = {
 TEMPLATE_KEYS = {"prompt_input": ("instruction", "input"), "prompt_no_input": ("instruction",)}
 
 
-def format_prompt(instruction: str, input: str = "", template: Mapping[str, str] = ALPACA_TEMPLATE) -> str:
+def format_prompt(
+    instruction: str, input: str = "", template: Mapping[str, str] = ALPACA_TEMPLATE
+) -> str:
     """The prompt text a model sees before the response, Alpaca style."""
     key = "prompt_input" if input else "prompt_no_input"
     return template[key].format(instruction=instruction, input=input)
@@ -39,7 +41,9 @@ def format_prompt(instruction: str, input: str = "", template: Mapping[str, str]
 def check_template(template: Any) -> dict[str, str]:
     """The two Alpaca prompts, checked: each a string that formats with instruction (and input)."""
     if not isinstance(template, Mapping) or set(template) != set(TEMPLATE_KEYS):
-        raise ConfigError(f"data.template must map exactly {', '.join(TEMPLATE_KEYS)} to prompts, got {template!r:.200}")
+        raise ConfigError(
+            f"data.template must map exactly {', '.join(TEMPLATE_KEYS)} to prompts, got {template!r:.200}"
+        )
     for key, needed in TEMPLATE_KEYS.items():
         text = template[key]
         if not isinstance(text, str) or not text:
@@ -48,6 +52,8 @@ def check_template(template: Any) -> dict[str, str]:
         unknown = sorted(names - {"instruction", "input"})
         missing = [n for n in needed if n not in names]
         if unknown or missing:
-            raise ConfigError(f"data.template.{key} must use {{{'}, {'.join(needed)}}} and nothing else; "
-                              f"unknown {unknown}, missing {missing} in {text!r}")
+            raise ConfigError(
+                f"data.template.{key} must use {{{'}, {'.join(needed)}}} and nothing else; "
+                f"unknown {unknown}, missing {missing} in {text!r}"
+            )
     return {k: str(template[k]) for k in TEMPLATE_KEYS}

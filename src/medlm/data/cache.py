@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,9 @@ def file_identity(path: str | os.PathLike) -> dict[str, Any]:
     return {"path": str(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def hub_identity(hub_id: str, config: str | None, revision: str | None, split: str) -> dict[str, Any]:
+def hub_identity(
+    hub_id: str, config: str | None, revision: str | None, split: str
+) -> dict[str, Any]:
     """A hub dataset is identified by its id, config, revision (None: the main branch) and split."""
     return {"hub_id": hub_id, "config": config, "revision": revision or "main", "split": split}
 
@@ -58,7 +61,9 @@ class TokenCache:
 
     def path(self, name: str, key: str) -> Path:
         if not _NAME.match(name) or not _NAME.match(key):
-            raise ValueError(f"cache name and key must be plain file-name parts, got {name!r}, {key!r}")
+            raise ValueError(
+                f"cache name and key must be plain file-name parts, got {name!r}, {key!r}"
+            )
         return self.dir / f"{name}-{key}.npy"
 
     def load(self, name: str, key: str) -> np.ndarray | None:

@@ -18,8 +18,8 @@ Two ways to batch them, never letting one example see another:
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,9 @@ IGNORE_INDEX = -100
 OVERLONG = ("truncate", "drop")
 
 
-def tokenize_examples(pairs: Iterable[tuple[str, str]], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
+def tokenize_examples(
+    pairs: Iterable[tuple[str, str]], tokenizer: Tokenizer
+) -> tuple[np.ndarray, np.ndarray]:
     """(prompt, answer) texts -> a flat array of every ``prompt + answer + eot`` and an index
     (n, 2) int64 of each example's (prompt length, total length), in order.
 
@@ -57,7 +59,9 @@ def check_block_size(block_size: object) -> None:
         raise ConfigError(f"data.block_size must be an integer >= 2, got {block_size!r}")
 
 
-def fit_examples(index: np.ndarray, block_size: int, overlong: str = "truncate") -> tuple[np.ndarray, dict[str, int]]:
+def fit_examples(
+    index: np.ndarray, block_size: int, overlong: str = "truncate"
+) -> tuple[np.ndarray, dict[str, int]]:
     """Which examples to train on and how much of each: (m, 3) int64 rows of (start in the flat
     array, prompt length, tokens kept), and counts of what was truncated or dropped.
 
@@ -72,11 +76,16 @@ def fit_examples(index: np.ndarray, block_size: int, overlong: str = "truncate")
     starts = np.cumsum(n_total) - n_total  # where each example begins in the flat array
     fits = n_total <= block_size + 1
     prompt_fits = n_prompt <= block_size  # the position predicting the first answer token exists
-    keep = fits if overlong == "drop" else prompt_fits  # a whole example always has a prompt that fits
-    counts = {"examples": int(len(index)), "kept": int(keep.sum()),
-              "truncated": int((keep & ~fits).sum()),
-              "dropped_long": int((~keep & prompt_fits).sum()),
-              "dropped_long_prompt": int((~prompt_fits).sum())}
+    keep = (
+        fits if overlong == "drop" else prompt_fits
+    )  # a whole example always has a prompt that fits
+    counts = {
+        "examples": int(len(index)),
+        "kept": int(keep.sum()),
+        "truncated": int((keep & ~fits).sum()),
+        "dropped_long": int((~keep & prompt_fits).sum()),
+        "dropped_long_prompt": int((~prompt_fits).sum()),
+    }
     kept = np.minimum(n_total, block_size + 1)
     rows = np.stack([starts, n_prompt, kept], axis=1)[keep]
     return rows.astype(np.int64).reshape(-1, 3), counts
@@ -85,7 +94,7 @@ def fit_examples(index: np.ndarray, block_size: int, overlong: str = "truncate")
 def example_arrays(tokens: np.ndarray, row: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """One example's ``input_ids`` and ``labels`` (n - 1,) int64, labels -100 on prompt targets."""
     start, n_prompt, n = (int(v) for v in row)
-    x = np.asarray(tokens[start:start + n], dtype=np.int64)
+    x = np.asarray(tokens[start : start + n], dtype=np.int64)
     labels = x[1:].copy()
     labels[: n_prompt - 1] = IGNORE_INDEX  # targets 1 .. n_prompt-1 are prompt tokens
     return x[:-1], labels
@@ -118,12 +127,24 @@ def pack_best_fit(lengths: Sequence[int], block_size: int) -> list[list[int]]:
 class PackedExamples(Dataset):
     """Blocks of whole examples: ``input_ids``, ``labels``, ``doc_ids``, each (block_size,) int64."""
 
-    def __init__(self, tokens: np.ndarray, rows: np.ndarray, block_size: int, pad_id: int,
-                 name: str = "dataset") -> None:
+    def __init__(
+        self,
+        tokens: np.ndarray,
+        rows: np.ndarray,
+        block_size: int,
+        pad_id: int,
+        name: str = "dataset",
+    ) -> None:
         check_block_size(block_size)
         if len(rows) == 0:
             raise DataError(f"{name}: no examples fit data.block_size={block_size}")
-        self.tokens, self.rows, self.block_size, self.pad_id, self.name = tokens, rows, block_size, pad_id, name
+        self.tokens, self.rows, self.block_size, self.pad_id, self.name = (
+            tokens,
+            rows,
+            block_size,
+            pad_id,
+            name,
+        )
         self.blocks = pack_best_fit(rows[:, 2] - 1, block_size)
 
     def __len__(self) -> int:
@@ -133,14 +154,19 @@ class PackedExamples(Dataset):
         T = self.block_size
         ids = np.full(T, self.pad_id, dtype=np.int64)
         labels = np.full(T, IGNORE_INDEX, dtype=np.int64)
-        docs = np.full(T, len(self.blocks[i]), dtype=np.int64)  # the padding tail: a document of its own
+        docs = np.full(
+            T, len(self.blocks[i]), dtype=np.int64
+        )  # the padding tail: a document of its own
         t = 0
         for d, j in enumerate(self.blocks[i]):
             x, y = example_arrays(self.tokens, self.rows[j])
-            ids[t:t + len(x)], labels[t:t + len(x)], docs[t:t + len(x)] = x, y, d
+            ids[t : t + len(x)], labels[t : t + len(x)], docs[t : t + len(x)] = x, y, d
             t += len(x)
-        return {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels),
-                "doc_ids": torch.from_numpy(docs)}
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "labels": torch.from_numpy(labels),
+            "doc_ids": torch.from_numpy(docs),
+        }
 
     def fill(self) -> float:
         """The fraction of positions that hold example tokens rather than padding."""
@@ -177,4 +203,3 @@ class PadCollate:
             n = len(b["input_ids"])
             ids[r, :n], labels[r, :n] = b["input_ids"], b["labels"]
         return {"input_ids": ids, "labels": labels}  # (B, T), (B, T)
-

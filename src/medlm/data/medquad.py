@@ -21,13 +21,13 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
-from medlm.data.splits import seeded_split
 from medlm.data.alpaca import ALPACA_TEMPLATE, check_template, format_prompt
+from medlm.data.splits import seeded_split
 from medlm.errors import ConfigError, DataError
 from medlm.utils.io import atomic_write
 
@@ -134,7 +134,9 @@ def detect_format(src: Path) -> str:
         suffix = src.suffix.lower()
         if suffix in (".xml", ".csv"):
             return suffix[1:]
-        raise DataError(f"{src}: cannot tell the format from the suffix {suffix!r}; pass --format xml|csv")
+        raise DataError(
+            f"{src}: cannot tell the format from the suffix {suffix!r}; pass --format xml|csv"
+        )
     for fmt in ("xml", "csv"):
         if any(p.is_file() for p in src.rglob(f"*.{fmt}")):
             return fmt
@@ -147,7 +149,9 @@ def _parse_error(path: Path, err: ET.ParseError) -> str:
     return f"{path}, line {line}, column {col}: malformed XML ({reason})"
 
 
-def read_xml_file(path: Path, source: str, summary: Summary, skip_bad: bool = False) -> list[QAPair]:
+def read_xml_file(
+    path: Path, source: str, summary: Summary, skip_bad: bool = False
+) -> list[QAPair]:
     """The QA pairs of one MedQuAD XML document; a parse error names the file and the line."""
     try:
         root = ET.parse(path).getroot()
@@ -167,13 +171,17 @@ def read_xml_file(path: Path, source: str, summary: Summary, skip_bad: bool = Fa
         if not question.strip():
             summary.reject(source, f"{where}: no question text", skip_bad)
             continue
-        answer = "".join(a.itertext()) if a is not None else ""  # a missing <Answer> is an empty one
+        answer = (
+            "".join(a.itertext()) if a is not None else ""
+        )  # a missing <Answer> is an empty one
         qtype = q.get("qtype", "")
         pairs.append(QAPair(source, question, answer, where, focus, qtype, doc_id))
     return pairs
 
 
-def _read_all(src: str | Path, suffix: str, read_file: Callable[[Path], list[QAPair]]) -> list[QAPair]:
+def _read_all(
+    src: str | Path, suffix: str, read_file: Callable[[Path], list[QAPair]]
+) -> list[QAPair]:
     src = Path(src)
     files = list_files(src, suffix)
     if not files:
@@ -184,7 +192,9 @@ def _read_all(src: str | Path, suffix: str, read_file: Callable[[Path], list[QAP
 def read_xml(src: str | Path, summary: Summary, skip_bad: bool = False) -> list[QAPair]:
     """Every pair under a MedQuAD root (or in one XML file), files in sorted order; a file's
     pairs are counted under its folder (``1_CancerGov_QA``)."""
-    return _read_all(src, ".xml", lambda path: read_xml_file(path, path.parent.name, summary, skip_bad))
+    return _read_all(
+        src, ".xml", lambda path: read_xml_file(path, path.parent.name, summary, skip_bad)
+    )
 
 
 def _read_text(path: Path) -> str:
@@ -227,8 +237,11 @@ def read_csv_file(path: Path, summary: Summary, skip_bad: bool = False) -> list[
                 bad(line, "unterminated quoted field (a '\"' opened here is never closed)")
                 return pairs  # it ran to the end of the file
             if "field larger than field limit" in str(err):
-                bad(line, f"a field longer than {csv.field_size_limit()} characters: "
-                          "an unterminated quote opened here?")
+                bad(
+                    line,
+                    f"a field longer than {csv.field_size_limit()} characters: "
+                    "an unterminated quote opened here?",
+                )
             else:
                 bad(line, f"bad CSV quoting ({err})")
             continue
@@ -238,7 +251,10 @@ def read_csv_file(path: Path, summary: Summary, skip_bad: bool = False) -> list[
             header = [h.strip().lower() for h in row]
             missing = [c for c in ("question", "answer") if c not in header]
             if missing:  # not a MedQuAD export: the whole file is unreadable
-                bad(line, f"header {row} lacks column(s) {missing}; expected {','.join(CSV_COLUMNS)}")
+                bad(
+                    line,
+                    f"header {row} lacks column(s) {missing}; expected {','.join(CSV_COLUMNS)}",
+                )
                 return []
             continue
         if len(row) != len(header):
@@ -249,8 +265,17 @@ def read_csv_file(path: Path, summary: Summary, skip_bad: bool = False) -> list[
             bad(line, "empty question")
             continue
         source = normalize_ws(rec.get("source")) or bucket
-        pairs.append(QAPair(source, rec["question"], rec["answer"], f"{path}, line {line}",
-                            rec.get("focus_area", ""), rec.get("qtype", ""), ""))
+        pairs.append(
+            QAPair(
+                source,
+                rec["question"],
+                rec["answer"],
+                f"{path}, line {line}",
+                rec.get("focus_area", ""),
+                rec.get("qtype", ""),
+                "",
+            )
+        )
     if header is None:
         bad(1, f"empty file, expected the header {','.join(CSV_COLUMNS)}")
     return pairs
@@ -293,7 +318,9 @@ def build_records(
             continue
         seen.add(key)
         if encode is not None:
-            n = len(encode(format_prompt(rec["instruction"], rec["input"], template) + rec["output"]))
+            n = len(
+                encode(format_prompt(rec["instruction"], rec["input"], template) + rec["output"])
+            )
             if n > max_tokens:
                 summary.drop(pair.source, "too_long")
                 continue
@@ -307,11 +334,14 @@ def check_fractions(val_frac: float, test_frac: float) -> None:
         if not 0.0 <= f < 1.0:
             raise ConfigError(f"{key}={f}: must be in [0, 1)")
     if val_frac + test_frac >= 1.0:
-        raise ConfigError(f"val_frac + test_frac = {val_frac + test_frac}: must leave a train split (< 1)")
+        raise ConfigError(
+            f"val_frac + test_frac = {val_frac + test_frac}: must leave a train split (< 1)"
+        )
 
 
-def split_records(records: list[dict], seed: int = 0, val_frac: float = 0.05,
-                  test_frac: float = 0.05) -> dict[str, list[dict]]:
+def split_records(
+    records: list[dict], seed: int = 0, val_frac: float = 0.05, test_frac: float = 0.05
+) -> dict[str, list[dict]]:
     """A seeded shuffle of the records in their (sorted-file) order, cut into train/val/test.
     The same records and seed give the same split on every machine."""
     check_fractions(val_frac, test_frac)
@@ -327,7 +357,10 @@ def write_splits(splits: Mapping[str, list[dict]], out_dir: str | Path) -> dict[
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.jsonl" for name in splits}
     with ExitStack() as stack:
-        files = {name: stack.enter_context(atomic_write(p, "w", encoding="utf-8")) for name, p in paths.items()}
+        files = {
+            name: stack.enter_context(atomic_write(p, "w", encoding="utf-8"))
+            for name, p in paths.items()
+        }
         for name, recs in splits.items():
             for rec in recs:
                 files[name].write(json.dumps(rec, ensure_ascii=False) + "\n")

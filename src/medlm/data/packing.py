@@ -8,7 +8,7 @@ The labels of a window are the same tokens shifted by one, so ``labels[t]`` is t
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -75,7 +75,9 @@ class PackedBlocks(Dataset):
             raise IndexError(f"{self.name}: block {i} out of range for {n} blocks")
         start = i * self.block_size
         # One extra token: the target of the window's last position.
-        x = torch.from_numpy(np.asarray(self.tokens[start : start + self.block_size + 1], dtype=np.int64))
+        x = torch.from_numpy(
+            np.asarray(self.tokens[start : start + self.block_size + 1], dtype=np.int64)
+        )
         return {"input_ids": x[:-1], "labels": x[1:]}  # (T,), (T,)
 
 

@@ -20,8 +20,9 @@ import math
 import random
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -29,22 +30,28 @@ from torch.utils.data import DataLoader
 
 from medlm.data import packing
 from medlm.data.cache import TokenCache, cache_key
-from medlm.utils.checks import check_number, template_fields
 from medlm.data.packing import EpochShuffleSampler, PackedBlocks
 from medlm.data.resume import resumable_loader
-from medlm.data.tokenizer import load_tokenizer
-from medlm.data.splits import seeded_split
 from medlm.data.sources import HubSource, RawRecord, Source, resolve_source
+from medlm.data.splits import seeded_split
+from medlm.data.tokenizer import load_tokenizer
 from medlm.errors import ConfigError, DataError
+from medlm.utils.checks import check_number, template_fields
 
 log = logging.getLogger(__name__)
 
 HUB_ID = "qiaojin/PubMedQA"
 SUBDIR = "pubmedqa"
 # The authors' file name for each Hub config; tried first in a data directory.
-ORIGINAL_FILES = {"pqa_labeled": "ori_pqal.json", "pqa_artificial": "ori_pqaa.json", "pqa_unlabeled": "ori_pqau.json"}
+ORIGINAL_FILES = {
+    "pqa_labeled": "ori_pqal.json",
+    "pqa_artificial": "ori_pqaa.json",
+    "pqa_unlabeled": "ori_pqau.json",
+}
 LABELS = ("yes", "no", "maybe")  # in the order of the authors' split code
-DEFAULT_TEMPLATE = "Question: {question}\nContext: {context}\nAnswer: {long_answer}\nDecision: {final_decision}"
+DEFAULT_TEMPLATE = (
+    "Question: {question}\nContext: {context}\nAnswer: {long_answer}\nDecision: {final_decision}"
+)
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nContext: {context}\nAnswer:"
 TEMPLATE_FIELDS = ("pubid", "question", "context", "long_answer", "final_decision")
 # Bump when parsing or formatting changes what a template produces: invalidates cached tokens.
@@ -71,22 +78,35 @@ class PubMedQARecord:
         return " ".join(self.contexts)
 
     def format(self, template: str) -> str:
-        return template.format(pubid=self.pubid, question=self.question, context=self.context,
-                               long_answer=self.long_answer, final_decision=self.final_decision)
+        return template.format(
+            pubid=self.pubid,
+            question=self.question,
+            context=self.context,
+            long_answer=self.long_answer,
+            final_decision=self.final_decision,
+        )
 
 
 # ------------------------------------------------------------------------------ parsing records
 
 
-def _field(raw: RawRecord, data: dict, name: str, shown: str, pubid: str | None,
-           kind: type | tuple[type, ...]) -> Any:
+def _field(
+    raw: RawRecord,
+    data: dict,
+    name: str,
+    shown: str,
+    pubid: str | None,
+    kind: type | tuple[type, ...],
+) -> Any:
     where = raw.location() + (f": pubid {pubid}" if pubid is not None else "")
     if name not in data or data[name] is None:
         raise DataError(f"{where}: missing field {shown!r}")
     value = data[name]
     if kind is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise DataError(f"{where}: field {shown!r} must be a list of strings, got {value!r:.80}")
+            raise DataError(
+                f"{where}: field {shown!r} must be a list of strings, got {value!r:.80}"
+            )
     elif not isinstance(value, kind) or isinstance(value, bool):
         names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
         raise DataError(f"{where}: field {shown!r} must be a {names}, got {value!r:.80}")
@@ -99,7 +119,11 @@ def parse_record(raw: RawRecord, labeled: bool) -> PubMedQARecord:
     if not isinstance(data, dict):
         raise DataError(f"{raw.location()}: expected a record object, got {type(data).__name__}")
     if raw.key is not None or "QUESTION" in data:  # ori_pqal.json and its siblings
-        pubid = raw.key if raw.key is not None else str(_field(raw, data, "pubid", "pubid", None, (str, int)))
+        pubid = (
+            raw.key
+            if raw.key is not None
+            else str(_field(raw, data, "pubid", "pubid", None, (str, int)))
+        )
         question = _field(raw, data, "QUESTION", "QUESTION", pubid, str)
         contexts = _field(raw, data, "CONTEXTS", "CONTEXTS", pubid, list)
         long_answer = _field(raw, data, "LONG_ANSWER", "LONG_ANSWER", pubid, str)
@@ -113,8 +137,10 @@ def parse_record(raw: RawRecord, labeled: bool) -> PubMedQARecord:
     if labeled or decision is not None:
         decision = _field(raw, data, "final_decision", "final_decision", pubid, str)
         if decision not in LABELS:
-            raise DataError(f"{raw.location()}: pubid {pubid}: unknown final_decision label {decision!r}; "
-                            f"expected one of {', '.join(LABELS)}")
+            raise DataError(
+                f"{raw.location()}: pubid {pubid}: unknown final_decision label {decision!r}; "
+                f"expected one of {', '.join(LABELS)}"
+            )
     return PubMedQARecord(pubid, question, tuple(contexts), long_answer, decision)
 
 
@@ -125,7 +151,9 @@ def load_records(source: Source, labeled: bool) -> list[PubMedQARecord]:
     for raw in source.records():
         record = parse_record(raw, labeled)
         if record.pubid in seen:
-            raise DataError(f"{raw.location()}: duplicate pubid {record.pubid} (first at {seen[record.pubid]})")
+            raise DataError(
+                f"{raw.location()}: duplicate pubid {record.pubid} (first at {seen[record.pubid]})"
+            )
         seen[record.pubid] = raw.location()
         records.append(record)
     if not records:
@@ -136,14 +164,17 @@ def load_records(source: Source, labeled: bool) -> list[PubMedQARecord]:
 # ------------------------------------------------------------------------------------- splits
 
 
-def split_train_val(records: Sequence[PubMedQARecord], val_fraction: float, seed: int,
-                    origin: str = "pubmedqa") -> tuple[list[PubMedQARecord], list[PubMedQARecord]]:
+def split_train_val(
+    records: Sequence[PubMedQARecord], val_fraction: float, seed: int, origin: str = "pubmedqa"
+) -> tuple[list[PubMedQARecord], list[PubMedQARecord]]:
     """A seeded split by record; both parts keep the source order."""
     n = len(records)
     n_val = max(1, round(n * val_fraction))
     if n - n_val < 1:
-        raise DataError(f"{origin}: {n} record(s) cannot be split into train and validation "
-                        f"(data.val_fraction={val_fraction}); at least 2 are needed")
+        raise DataError(
+            f"{origin}: {n} record(s) cannot be split into train and validation "
+            f"(data.val_fraction={val_fraction}); at least 2 are needed"
+        )
     parts = seeded_split([1] * n, {"val": n_val}, seed)
     return [records[i] for i in parts["train"]], [records[i] for i in parts["val"]]
 
@@ -151,10 +182,15 @@ def split_train_val(records: Sequence[PubMedQARecord], val_fraction: float, seed
 def _split_label(pubids: list[str], fold: int, rng: random.Random) -> list[list[str]]:
     rng.shuffle(pubids)
     size = math.ceil(len(pubids) / fold)
-    return [pubids[i * size:] if i == fold - 1 else pubids[i * size:(i + 1) * size] for i in range(fold)]
+    return [
+        pubids[i * size :] if i == fold - 1 else pubids[i * size : (i + 1) * size]
+        for i in range(fold)
+    ]
 
 
-def authors_split(records: Sequence[PubMedQARecord], fold: int, rng: random.Random) -> list[list[PubMedQARecord]]:
+def authors_split(
+    records: Sequence[PubMedQARecord], fold: int, rng: random.Random
+) -> list[list[PubMedQARecord]]:
     """``split()`` of the authors' ``preprocess/split_dataset.py``, step for step.
 
     Each label's ids (yes, no, maybe, in source order) are shuffled with ``rng`` and cut into
@@ -164,11 +200,15 @@ def authors_split(records: Sequence[PubMedQARecord], fold: int, rng: random.Rand
     by_label: dict[str, list[str]] = {label: [] for label in LABELS}
     for r in records:
         if r.final_decision not in by_label:
-            raise DataError(f"pubid {r.pubid}: no yes/no/maybe label; the authors' split needs labelled records")
+            raise DataError(
+                f"pubid {r.pubid}: no yes/no/maybe label; the authors' split needs labelled records"
+            )
         by_label[r.final_decision].append(r.pubid)
     chunks = {label: _split_label(ids, fold, rng) for label, ids in by_label.items()}
     # dicts, as in the original, so that the ids moved below land at the end of the last fold
-    folds = [dict.fromkeys(pid for label in LABELS for pid in chunks[label][i]) for i in range(fold)]
+    folds = [
+        dict.fromkeys(pid for label in LABELS for pid in chunks[label][i]) for i in range(fold)
+    ]
     if len(folds[-1]) != len(folds[0]):
         for i in range(fold - 1):
             picked = rng.choice(list(folds[i]))
@@ -182,7 +222,9 @@ def ids_digest(pubids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(sorted(pubids)).encode("utf-8")).hexdigest()
 
 
-def official_test_records(records: Sequence[PubMedQARecord], origin: str = "pubmedqa") -> list[PubMedQARecord]:
+def official_test_records(
+    records: Sequence[PubMedQARecord], origin: str = "pubmedqa"
+) -> list[PubMedQARecord]:
     """The authors' PQA-L test split (500 questions), checked against their published id list."""
     _, test = authors_split(records, 2, random.Random(OFFICIAL_TEST_SEED))
     if ids_digest([r.pubid for r in test]) != OFFICIAL_TEST_SHA256:
@@ -197,7 +239,14 @@ def pubmedqa_source(path: str | None, hub_id: str, hub_config: str, revision: st
     """``path``, else ``$MEDLM_DATA_DIR/pubmedqa``, else the Hub config: where one config's records are."""
     original, c = ORIGINAL_FILES[hub_config], hub_config
     hub = HubSource(hub_id, c, "train", revision, hint_subdir=SUBDIR, hint_file=original)
-    patterns = [original, f"{c}.jsonl", f"{c}.json", f"{c}.parquet", f"{c}/*.parquet", f"{c}/*.jsonl"]
+    patterns = [
+        original,
+        f"{c}.jsonl",
+        f"{c}.json",
+        f"{c}.parquet",
+        f"{c}/*.parquet",
+        f"{c}/*.jsonl",
+    ]
     return resolve_source(path, subdir=SUBDIR, patterns=patterns, hub=hub)
 
 
@@ -219,8 +268,9 @@ def decision_prompt(template: str, setting: str) -> tuple[str, str]:
     tokenizer saw it in training. Format the prompt with ``PubMedQARecord.format``.
     """
     if setting not in SETTINGS:
-        raise ConfigError(f"benchmark.setting must be one of {', '.join(SETTINGS)}, "
-                          f"got {setting!r}")
+        raise ConfigError(
+            f"benchmark.setting must be one of {', '.join(SETTINGS)}, got {setting!r}"
+        )
     shown, hidden = _SHOWN[setting], _HIDDEN[setting]
     pieces: list[str] = []
     fields_before: set[str] = set()
@@ -240,19 +290,28 @@ def decision_prompt(template: str, setting: str) -> tuple[str, str]:
         pieces.append(_escape(literal))
         if name is not None:
             fields_before.add(root)
-            pieces.append("{" + name + (f"!{conversion}" if conversion else "")
-                          + (f":{spec}" if spec else "") + "}")
+            pieces.append(
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
     if not found:
-        raise ConfigError(f"data.template has no {{final_decision}}, so a model trained on it was "
-                          f"never asked for a decision: {template!r}")
+        raise ConfigError(
+            f"data.template has no {{final_decision}}, so a model trained on it was "
+            f"never asked for a decision: {template!r}"
+        )
     if shown not in fields_before:
-        raise ConfigError(f"the {setting} setting shows the {shown}, but data.template has no "
-                          f"{{{shown}}} before {{final_decision}}: {template!r}")
+        raise ConfigError(
+            f"the {setting} setting shows the {shown}, but data.template has no "
+            f"{{{shown}}} before {{final_decision}}: {template!r}"
+        )
     prompt = "".join(pieces)
     stripped = prompt.rstrip()
     if not stripped:
         raise ConfigError(f"data.template: nothing comes before {{final_decision}}: {template!r}")
-    return stripped, prompt[len(stripped):]
+    return stripped, prompt[len(stripped) :]
 
 
 def _escape(literal: str) -> str:
@@ -270,8 +329,10 @@ def check_template(template: Any, key: str, labeled: bool = True) -> None:
     roots = {re.split(r"[.\[!:]", name, maxsplit=1)[0] for name in names}
     unknown = sorted(roots - set(TEMPLATE_FIELDS))
     if unknown:
-        raise ConfigError(f"{key} uses unknown field(s) {unknown} in {template!r}; "
-                          f"available: {', '.join(TEMPLATE_FIELDS)}")
+        raise ConfigError(
+            f"{key} uses unknown field(s) {unknown} in {template!r}; "
+            f"available: {', '.join(TEMPLATE_FIELDS)}"
+        )
     if not labeled and "final_decision" in roots:
         raise ConfigError(f"{key} uses {{final_decision}}, which pqa_unlabeled records do not have")
     try:
@@ -311,7 +372,9 @@ class PubMedQADataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if hub_config not in ORIGINAL_FILES:
-            raise ConfigError(f"data.hub_config must be one of {', '.join(ORIGINAL_FILES)}, got {hub_config!r}")
+            raise ConfigError(
+                f"data.hub_config must be one of {', '.join(ORIGINAL_FILES)}, got {hub_config!r}"
+            )
         labeled = hub_config != "pqa_unlabeled"
         check_template(template, "data.template", labeled)
         check_template(prompt_template, "data.prompt_template", labeled)
@@ -322,8 +385,10 @@ class PubMedQADataModule(L.LightningDataModule):
         check_number(num_workers, "data.num_workers", int, 0)
         check_number(num_sample_questions, "data.num_sample_questions", int, 0)
         if exclude_official_test and hub_config != "pqa_labeled":
-            raise ConfigError("data.exclude_official_test needs data.hub_config=pqa_labeled "
-                              f"(the official test split is part of PQA-L), got {hub_config!r}")
+            raise ConfigError(
+                "data.exclude_official_test needs data.hub_config=pqa_labeled "
+                f"(the official test split is part of PQA-L), got {hub_config!r}"
+            )
         self.save_hyperparameters()
         self.path = path
         self.hub_id = hub_id
@@ -367,8 +432,10 @@ class PubMedQADataModule(L.LightningDataModule):
     def official_test_split(self) -> list[PubMedQARecord]:
         """The authors' 500-question PQA-L test split (yes, then no, then maybe, as they list it)."""
         if self.hub_config != "pqa_labeled":
-            raise ConfigError(f"the official test split is part of PQA-L: set data.hub_config=pqa_labeled, "
-                              f"not {self.hub_config!r}")
+            raise ConfigError(
+                f"the official test split is part of PQA-L: set data.hub_config=pqa_labeled, "
+                f"not {self.hub_config!r}"
+            )
         if self._test is None:
             self._test = official_test_records(self.records(), self.source.describe())
         return self._test
@@ -380,7 +447,9 @@ class PubMedQADataModule(L.LightningDataModule):
             if self.exclude_official_test:
                 test_ids = {r.pubid for r in self.official_test_split()}
                 pool = [r for r in pool if r.pubid not in test_ids]
-            self._split = split_train_val(pool, self.val_fraction, self.seed, self.source.describe())
+            self._split = split_train_val(
+                pool, self.val_fraction, self.seed, self.source.describe()
+            )
         return self._split
 
     def sample_prompts(self, n: int | None = None) -> list[str]:
@@ -397,9 +466,11 @@ class PubMedQADataModule(L.LightningDataModule):
         for r in self.sample_records(n):
             full, prompt = r.format(self.template), r.format(self.prompt_template)
             if full.startswith(prompt):
-                refs.append(full[len(prompt):].strip())
+                refs.append(full[len(prompt) :].strip())
             else:
-                refs.append(r.long_answer + (f"\nDecision: {r.final_decision}" if r.final_decision else ""))
+                refs.append(
+                    r.long_answer + (f"\nDecision: {r.final_decision}" if r.final_decision else "")
+                )
         return refs
 
     def sample_records(self, n: int | None = None) -> list[PubMedQARecord]:
@@ -411,20 +482,36 @@ class PubMedQADataModule(L.LightningDataModule):
     # ---- tokens (cached)
 
     def _key(self, *parts: str, **extra: Any) -> str:
-        return cache_key(dataset="pubmedqa", format=FORMAT_VERSION, source=self.source.identity(),
-                         hub_config=self.hub_config, template=self.template, tokenizer=self.tokenizer.name,
-                         parts=parts, **extra)
+        return cache_key(
+            dataset="pubmedqa",
+            format=FORMAT_VERSION,
+            source=self.source.identity(),
+            hub_config=self.hub_config,
+            template=self.template,
+            tokenizer=self.tokenizer.name,
+            parts=parts,
+            **extra,
+        )
 
     def _tokens(self, name: str, key: str, records: Sequence[PubMedQARecord]) -> np.ndarray:
         # packing.tokenize_texts looked up at call time, so a test can count the calls
         return self.cache.get_or_build(
-            f"pubmedqa-{name}", key,
-            lambda: packing.tokenize_texts((r.format(self.template) for r in records), self.tokenizer))
+            f"pubmedqa-{name}",
+            key,
+            lambda: packing.tokenize_texts(
+                (r.format(self.template) for r in records), self.tokenizer
+            ),
+        )
 
     def _fit_tokens(self) -> tuple[np.ndarray, np.ndarray]:
         train, val = self.train_val_records()
-        key = self._key("train", "val", seed=self.seed, val_fraction=self.val_fraction,
-                        exclude_official_test=self.exclude_official_test)
+        key = self._key(
+            "train",
+            "val",
+            seed=self.seed,
+            val_fraction=self.val_fraction,
+            exclude_official_test=self.exclude_official_test,
+        )
         return self._tokens("train", key, train), self._tokens("val", key, val)
 
     def _test_tokens(self) -> np.ndarray:
@@ -438,25 +525,45 @@ class PubMedQADataModule(L.LightningDataModule):
         where = self.source.describe()
         if stage in (None, "fit", "validate") and self.train_dataset is None:
             train, val = self._fit_tokens()
-            self.train_dataset = PackedBlocks(train, self.block_size, f"pubmedqa train split ({where})")
-            self.val_dataset = PackedBlocks(val, self.block_size, f"pubmedqa validation split ({where})")
+            self.train_dataset = PackedBlocks(
+                train, self.block_size, f"pubmedqa train split ({where})"
+            )
+            self.val_dataset = PackedBlocks(
+                val, self.block_size, f"pubmedqa validation split ({where})"
+            )
         if stage == "test" and self.test_dataset is None:
             if not self.exclude_official_test:
-                log.warning("pubmedqa: the train split includes the official test questions; set "
-                            "data.exclude_official_test=true for a model scored on them")
-            self.test_dataset = PackedBlocks(self._test_tokens(), self.block_size,
-                                             f"pubmedqa official test split ({where})")
+                log.warning(
+                    "pubmedqa: the train split includes the official test questions; set "
+                    "data.exclude_official_test=true for a model scored on them"
+                )
+            self.test_dataset = PackedBlocks(
+                self._test_tokens(), self.block_size, f"pubmedqa official test split ({where})"
+            )
 
-    def _loader(self, dataset: PackedBlocks, sampler: EpochShuffleSampler | None = None) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, shuffle=False,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+    def _loader(
+        self, dataset: PackedBlocks, sampler: EpochShuffleSampler | None = None
+    ) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.train_dataset is None:
             self.setup("fit")
         sampler = EpochShuffleSampler(len(self.train_dataset), self.seed)
-        return resumable_loader(self.train_dataset, sampler, self.batch_size, num_workers=self.num_workers,
-                                persistent_workers=self.num_workers > 0)
+        return resumable_loader(
+            self.train_dataset,
+            sampler,
+            self.batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> DataLoader:
         if self.val_dataset is None:

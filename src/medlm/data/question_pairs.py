@@ -13,9 +13,9 @@ with ``<|endoftext|>``, and ``labels`` (B,).
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
@@ -67,8 +67,10 @@ def read_pairs_csv(path: str | Path) -> list[QuestionPair]:
                 if not pairs and tuple(c.strip().lower() for c in row) == CSV_HEADER:
                     continue
                 if len(row) != 4:
-                    raise DataError(f"{where}: expected 4 columns (doctor id, question 1, question 2, "
-                                    f"label), got {len(row)}")
+                    raise DataError(
+                        f"{where}: expected 4 columns (doctor id, question 1, question 2, "
+                        f"label), got {len(row)}"
+                    )
                 pairs.append(_check_pair(*row, where=where))
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
@@ -85,13 +87,20 @@ def read_pairs_hub(source: HubSource) -> list[QuestionPair]:
     ds = source.load()
     missing = [c for c in CSV_HEADER if c not in ds.column_names]
     if missing:
-        raise DataError(f"{source.describe()}: records lack the fields {missing} (has {ds.column_names})")
-    return [_check_pair(r["dr_id"], r["question_1"], r["question_2"], r["label"], f"{source.hub_id} record {i}")
-            for i, r in enumerate(ds)]
+        raise DataError(
+            f"{source.describe()}: records lack the fields {missing} (has {ds.column_names})"
+        )
+    return [
+        _check_pair(
+            r["dr_id"], r["question_1"], r["question_2"], r["label"], f"{source.hub_id} record {i}"
+        )
+        for i, r in enumerate(ds)
+    ]
 
 
-def split_by_question(pairs: Sequence[QuestionPair], val_fraction: float, test_fraction: float,
-                      seed: int) -> dict[str, list[QuestionPair]]:
+def split_by_question(
+    pairs: Sequence[QuestionPair], val_fraction: float, test_fraction: float, seed: int
+) -> dict[str, list[QuestionPair]]:
     """Seeded train/val/test split over original questions: pairs sharing question_1 stay together."""
     groups: dict[str, list[QuestionPair]] = {}
     for p in pairs:
@@ -100,14 +109,21 @@ def split_by_question(pairs: Sequence[QuestionPair], val_fraction: float, test_f
     n = len(pairs)
     sizes = {"test": round(test_fraction * n), "val": round(val_fraction * n)}
     parts = seeded_split([len(groups[k]) for k in keys], sizes, seed)
-    out = {split: [p for i in parts[split] for p in groups[keys[i]]] for split in ("train", "val", "test")}
+    out = {
+        split: [p for i in parts[split] for p in groups[keys[i]]]
+        for split in ("train", "val", "test")
+    }
     if not out["train"]:
-        raise ConfigError(f"data: {n} pairs leave nothing to train on with val_fraction={val_fraction}, "
-                          f"test_fraction={test_fraction}")
+        raise ConfigError(
+            f"data: {n} pairs leave nothing to train on with val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}"
+        )
     return out
 
 
-def encode_pair(template: str, q1: str, q2: str, max_length: int, tokenizer: Tokenizer) -> list[int]:
+def encode_pair(
+    template: str, q1: str, q2: str, max_length: int, tokenizer: Tokenizer
+) -> list[int]:
     """Tokens of the filled template, at most ``max_length``; an overlong pair is cut inside its
     questions (the longer first), so that the template's tail, the token scored, survives."""
     encode, decode = tokenizer.encode, tokenizer.decode
@@ -129,10 +145,14 @@ def encode_pair(template: str, q1: str, q2: str, max_length: int, tokenizer: Tok
 class PairDataset(Dataset):
     """Token ids and labels of a list of pairs, tokenised once."""
 
-    def __init__(self, pairs: Iterable[QuestionPair], template: str, max_length: int, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self, pairs: Iterable[QuestionPair], template: str, max_length: int, tokenizer: Tokenizer
+    ) -> None:
         self.pairs = list(pairs)
-        self.examples = [(encode_pair(template, p.question_1, p.question_2, max_length, tokenizer), p.label)
-                         for p in self.pairs]
+        self.examples = [
+            (encode_pair(template, p.question_1, p.question_2, max_length, tokenizer), p.label)
+            for p in self.pairs
+        ]
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -144,10 +164,19 @@ class PairDataset(Dataset):
 class QuestionPairsDataModule(L.LightningDataModule):
     num_labels = 2
 
-    def __init__(self, path: str | None = None, hub_id: str = HUB_ID, template: str = DEFAULT_TEMPLATE,
-                 max_length: int = 128, batch_size: int = 16, val_fraction: float = 0.1,
-                 test_fraction: float = 0.1, seed: int = 1337, num_workers: int = 0,
-                 tokenizer: str = "gpt2") -> None:
+    def __init__(
+        self,
+        path: str | None = None,
+        hub_id: str = HUB_ID,
+        template: str = DEFAULT_TEMPLATE,
+        max_length: int = 128,
+        batch_size: int = 16,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 1337,
+        num_workers: int = 0,
+        tokenizer: str = "gpt2",
+    ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
         if not isinstance(max_length, int) or max_length < 1:
@@ -158,21 +187,29 @@ class QuestionPairsDataModule(L.LightningDataModule):
             if not 0.0 <= frac < 1.0:
                 raise ConfigError(f"data.{key} must be in [0, 1), got {frac!r}")
         if val_fraction + test_fraction >= 1.0:
-            raise ConfigError(f"data.val_fraction + data.test_fraction must be < 1, got "
-                              f"{val_fraction} + {test_fraction}")
+            raise ConfigError(
+                f"data.val_fraction + data.test_fraction must be < 1, got "
+                f"{val_fraction} + {test_fraction}"
+            )
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers!r}")
         try:
             bare = template.format(question_1="", question_2="")
         except (KeyError, IndexError, ValueError) as err:
-            raise ConfigError(f"data.template {template!r} is not a format string over {{question_1}} and "
-                              f"{{question_2}}: {type(err).__name__}: {err}") from None
+            raise ConfigError(
+                f"data.template {template!r} is not a format string over {{question_1}} and "
+                f"{{question_2}}: {type(err).__name__}: {err}"
+            ) from None
         if "{question_1}" not in template or "{question_2}" not in template:
-            raise ConfigError(f"data.template must contain {{question_1}} and {{question_2}}, got {template!r}")
+            raise ConfigError(
+                f"data.template must contain {{question_1}} and {{question_2}}, got {template!r}"
+            )
         self.tokenizer = load_tokenizer(tokenizer)
         if len(self.tokenizer.encode(bare)) >= max_length:
-            raise ConfigError(f"data.template alone takes {len(self.tokenizer.encode(bare))} tokens, no room for the "
-                              f"questions within data.max_length={max_length}")
+            raise ConfigError(
+                f"data.template alone takes {len(self.tokenizer.encode(bare))} tokens, no room for the "
+                f"questions within data.max_length={max_length}"
+            )
         self.path, self.hub_id, self.template = path, hub_id, template
         self.max_length, self.batch_size, self.num_workers = max_length, batch_size, num_workers
         self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
@@ -201,14 +238,25 @@ class QuestionPairsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        self.splits = split_by_question(self.read_pairs(), self.val_fraction, self.test_fraction, self.seed)
-        self.datasets = {k: PairDataset(v, self.template, self.max_length, self.tokenizer) for k, v in self.splits.items()}
+        self.splits = split_by_question(
+            self.read_pairs(), self.val_fraction, self.test_fraction, self.seed
+        )
+        self.datasets = {
+            k: PairDataset(v, self.template, self.max_length, self.tokenizer)
+            for k, v in self.splits.items()
+        }
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
-        return classification_loader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                                     seed=self.seed, num_workers=self.num_workers, pad_id=self.tokenizer.eot_id)
+        return classification_loader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            seed=self.seed,
+            num_workers=self.num_workers,
+            pad_id=self.tokenizer.eot_id,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

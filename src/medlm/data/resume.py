@@ -16,7 +16,8 @@ not the global one, so that where an epoch starts does not shift the random stat
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler

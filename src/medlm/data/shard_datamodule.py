@@ -19,8 +19,9 @@ Validation is the validation shards' windows on the plain grid (offset 0), in or
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import numpy as np

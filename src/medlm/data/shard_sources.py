@@ -24,9 +24,10 @@ from __future__ import annotations
 import glob
 import json
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from medlm.data.cache import cache_key, file_identity, hub_identity
 from medlm.errors import ConfigError, DataError, MedlmError

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, Union
+from typing import Any, Union
 
 from medlm.data.cache import file_identity, hub_identity
 from medlm.errors import ConfigError, DataError, MedlmError
@@ -55,7 +56,9 @@ def read_json(path: str | os.PathLike) -> Any:
     try:
         return json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        raise DataError(
+            f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from None
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[RawRecord]:
@@ -67,7 +70,9 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[RawRecord]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}: line {lineno} column {err.colno}: malformed JSON: {err.msg}") from None
+            raise DataError(
+                f"{path}: line {lineno} column {err.colno}: malformed JSON: {err.msg}"
+            ) from None
         yield RawRecord(str(path), f"line {lineno}", None, obj)
 
 
@@ -91,7 +96,9 @@ def _json_records(path: Path) -> list[RawRecord]:
         first = text.lstrip().split("\n", 1)[0]
         if err.msg == "Extra data" and _is_json_object(first):  # JSON Lines under a .json name
             return list(iter_jsonl(path))
-        raise DataError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from None
+        raise DataError(
+            f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from None
     if isinstance(doc, dict):
         return [RawRecord(str(path), None, str(k), v) for k, v in doc.items()]
     if isinstance(doc, list):
@@ -116,7 +123,9 @@ def read_records(path: str | os.PathLike) -> list[RawRecord]:
         return _json_records(path)
     if suffix == ".parquet":
         return read_parquet(path)
-    raise DataError(f"{path}: unsupported file type {suffix or '(none)'}; expected .json, .jsonl or .parquet")
+    raise DataError(
+        f"{path}: unsupported file type {suffix or '(none)'}; expected .json, .jsonl or .parquet"
+    )
 
 
 # ---------------------------------------------------------------------------------------- sources
@@ -132,7 +141,11 @@ class LocalSource:
         return {"files": [file_identity(f) for f in self.files]}
 
     def describe(self) -> str:
-        return str(self.files[0]) if len(self.files) == 1 else f"{self.files[0].parent} ({len(self.files)} files)"
+        return (
+            str(self.files[0])
+            if len(self.files) == 1
+            else f"{self.files[0].parent} ({len(self.files)} files)"
+        )
 
     def records(self) -> Iterator[RawRecord]:
         for f in self.files:
@@ -171,13 +184,25 @@ class HubSource:
         import datasets
 
         try:
-            return datasets.load_dataset(self.hub_id, self.config, split=self.split, revision=self.revision)
+            return datasets.load_dataset(
+                self.hub_id, self.config, split=self.split, revision=self.revision
+            )
         except datasets.exceptions.DatasetNotFoundError as err:
             if not _offline():
-                raise DataError(f"{self.describe()}: not found on the Hugging Face Hub: {_first_line(err)}") from None
-            raise MedlmError(f"{self.unreachable_message()} [{type(err).__name__}: {_first_line(err)}]") from None
-        except (ConnectionError, TimeoutError, OSError) as err:  # offline, DNS failure, proxy, no cache
-            raise MedlmError(f"{self.unreachable_message()} [{type(err).__name__}: {_first_line(err)}]") from None
+                raise DataError(
+                    f"{self.describe()}: not found on the Hugging Face Hub: {_first_line(err)}"
+                ) from None
+            raise MedlmError(
+                f"{self.unreachable_message()} [{type(err).__name__}: {_first_line(err)}]"
+            ) from None
+        except (
+            ConnectionError,
+            TimeoutError,
+            OSError,
+        ) as err:  # offline, DNS failure, proxy, no cache
+            raise MedlmError(
+                f"{self.unreachable_message()} [{type(err).__name__}: {_first_line(err)}]"
+            ) from None
         except ValueError as err:  # an unknown config or split name
             raise ConfigError(f"{self.describe()}: {_first_line(err)}") from None
 
@@ -212,9 +237,13 @@ def find_data_files(directory: Path, patterns: Sequence[str]) -> tuple[Path, ...
     return ()
 
 
-def resolve_sources(path: str | os.PathLike | None, *, subdir: str | None,
-                    patterns: Mapping[str, Sequence[str]],
-                    hub: Mapping[str, HubSource | None] | None) -> dict[str, Source | None] | None:
+def resolve_sources(
+    path: str | os.PathLike | None,
+    *,
+    subdir: str | None,
+    patterns: Mapping[str, Sequence[str]],
+    hub: Mapping[str, HubSource | None] | None,
+) -> dict[str, Source | None] | None:
     """Each split's source, by the order in the module docstring.
 
     ``patterns`` maps each split to its file names (globs) in order of preference, relative to the
@@ -240,7 +269,9 @@ def resolve_sources(path: str | os.PathLike | None, *, subdir: str | None,
         found = local(p) or (local(p / subdir) if subdir else None)
         if found is None:
             where = f" (nor {subdir}/ with them)" if subdir else ""
-            raise DataError(f"data.path={path}: directory holds none of {', '.join(patterns[first])}{where}")
+            raise DataError(
+                f"data.path={path}: directory holds none of {', '.join(patterns[first])}{where}"
+            )
         return found
     env = os.environ.get(DATA_DIR_ENV)
     note = ""
@@ -254,8 +285,9 @@ def resolve_sources(path: str | os.PathLike | None, *, subdir: str | None,
     return {split: replace(h, note=note) if h is not None else None for split, h in hub.items()}
 
 
-def resolve_source(path: str | os.PathLike | None, *, subdir: str, patterns: Sequence[str],
-                   hub: HubSource) -> Source:
+def resolve_source(
+    path: str | os.PathLike | None, *, subdir: str, patterns: Sequence[str], hub: HubSource
+) -> Source:
     """The source of a dataset with one split (see :func:`resolve_sources`)."""
     found = resolve_sources(path, subdir=subdir, patterns={"train": patterns}, hub={"train": hub})
     return found["train"]

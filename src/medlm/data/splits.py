@@ -11,7 +11,9 @@ import random
 from collections.abc import Mapping, Sequence
 
 
-def seeded_split(weights: Sequence[int], sizes: Mapping[str, int], seed: int) -> dict[str, list[int]]:
+def seeded_split(
+    weights: Sequence[int], sizes: Mapping[str, int], seed: int
+) -> dict[str, list[int]]:
     """Indices of the keys in each split, in source order.
 
     ``weights[i]`` is how much key ``i`` counts (1 for a record, the number of records of a group).

@@ -26,7 +26,7 @@ import json
 import os
 import re
 from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import tiktoken
@@ -50,8 +50,14 @@ class Tokenizer:
     bos_id: int | None
     stop_ids: tuple[int, ...]
 
-    def __init__(self, name: str, encoding: tiktoken.Encoding, eot_id: int, bos_id: int | None,
-                 stop_ids: Sequence[int]) -> None:
+    def __init__(
+        self,
+        name: str,
+        encoding: tiktoken.Encoding,
+        eot_id: int,
+        bos_id: int | None,
+        stop_ids: Sequence[int],
+    ) -> None:
         self.name = name
         self._enc = encoding
         self.vocab_size = encoding.n_vocab
@@ -92,8 +98,10 @@ class TiktokenTokenizer(Tokenizer):
         try:
             enc = tiktoken.get_encoding(name)
         except ValueError as err:  # unknown encoding name
-            raise ConfigError(f"data.tokenizer: unknown tokenizer {name!r} (gpt2, llama3:<path to "
-                              f"tokenizer.model>, or a directory holding one): {err}") from None
+            raise ConfigError(
+                f"data.tokenizer: unknown tokenizer {name!r} (gpt2, llama3:<path to "
+                f"tokenizer.model>, or a directory holding one): {err}"
+            ) from None
         except Exception as err:  # network or cache failure inside tiktoken
             cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<unset>")
             raise MedlmError(
@@ -111,12 +119,23 @@ class Llama3Tokenizer(Tokenizer):
     def __init__(self, path: str | Path) -> None:
         path = Path(path)
         ranks = read_bpe_ranks(path)
-        self.special_tokens: dict[str, int] = {tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)}
-        enc = tiktoken.Encoding(name=path.name, pat_str=PAT_STR, mergeable_ranks=ranks,
-                                special_tokens=self.special_tokens)
+        self.special_tokens: dict[str, int] = {
+            tok: len(ranks) + i for i, tok in enumerate(SPECIAL_TOKENS)
+        }
+        enc = tiktoken.Encoding(
+            name=path.name,
+            pat_str=PAT_STR,
+            mergeable_ranks=ranks,
+            special_tokens=self.special_tokens,
+        )
         eos = self.special_tokens["<|end_of_text|>"]
-        super().__init__(f"{LLAMA3_PREFIX}{path}", enc, eot_id=eos, bos_id=self.special_tokens["<|begin_of_text|>"],
-                         stop_ids=(eos, self.special_tokens["<|eot_id|>"]))
+        super().__init__(
+            f"{LLAMA3_PREFIX}{path}",
+            enc,
+            eot_id=eos,
+            bos_id=self.special_tokens["<|begin_of_text|>"],
+            stop_ids=(eos, self.special_tokens["<|eot_id|>"]),
+        )
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` in the chunks Meta's tokenizer cuts it into (tiktoken's core
@@ -127,14 +146,14 @@ class Llama3Tokenizer(Tokenizer):
         return ids
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_tokenizer(spec: str | os.PathLike = "gpt2") -> Tokenizer:
     """The tokenizer a config value names: a tiktoken encoding name (``gpt2``), ``llama3:<path>``,
     a ``tokenizer.model`` file, or a directory holding one (also under ``original/``, as Meta's
     Hugging Face repositories have it)."""
     text = str(spec)
     if text.startswith(LLAMA3_PREFIX):
-        return Llama3Tokenizer(Path(text[len(LLAMA3_PREFIX):]).expanduser())
+        return Llama3Tokenizer(Path(text[len(LLAMA3_PREFIX) :]).expanduser())
     path = Path(text).expanduser()
     if path.is_dir():
         found = find_tokenizer_model(path)
@@ -166,17 +185,23 @@ def tokenizer_for_model_dir(directory: Path, vocab_size: int) -> Tokenizer:
     gpt2 = load_tokenizer("gpt2")
     if (directory / "merges.txt").is_file() or gpt2.vocab_size <= vocab_size < gpt2.vocab_size + 64:
         return gpt2
-    raise MedlmError(f"{directory}: no tokenizer found (no tokenizer.model; a vocabulary of {vocab_size} "
-                     "is not GPT-2's); pass the tokenizer's path")
+    raise MedlmError(
+        f"{directory}: no tokenizer found (no tokenizer.model; a vocabulary of {vocab_size} "
+        "is not GPT-2's); pass the tokenizer's path"
+    )
 
 
 # tiktoken's sources of the gpt2 encoding: OpenAI's encoder.json and vocab.bpe are, byte for byte,
 # Hugging Face's vocab.json and merges.txt
 _GPT2_HF_FILES = {
-    "vocab.json": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-                   "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"),
-    "merges.txt": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-                   "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"),
+    "vocab.json": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
+        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    ),
+    "merges.txt": (
+        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    ),
 }
 
 
@@ -193,11 +218,20 @@ def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str,
         try:
             files[name] = read_file_cached(url, sha256)
         except Exception as err:  # not cached and offline, or a corrupt cache entry
-            raise MedlmError(f"cannot read GPT-2's {url.rsplit('/', 1)[1]} for {name} ({type(err).__name__}); "
-                             "point TIKTOKEN_CACHE_DIR at tiktoken's cached files") from None
+            raise MedlmError(
+                f"cannot read GPT-2's {url.rsplit('/', 1)[1]} for {name} ({type(err).__name__}); "
+                "point TIKTOKEN_CACHE_DIR at tiktoken's cached files"
+            ) from None
     token = tokenizer.decode([tokenizer.eot_id])  # <|endoftext|>
-    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": model_max_length, "bos_token": token,
-              "eos_token": token, "unk_token": token, "add_prefix_space": False, "add_bos_token": False}
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": model_max_length,
+        "bos_token": token,
+        "eos_token": token,
+        "unk_token": token,
+        "add_prefix_space": False,
+        "add_bos_token": False,
+    }
     files["tokenizer_config.json"] = json.dumps(config, indent=2).encode()
     return files
 
@@ -205,8 +239,10 @@ def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str,
 # ---------------------------------------------------------------------------------- Llama 3 files
 
 # Meta's split pattern (cl100k's): contractions, words, 1-3 digits, punctuation runs, whitespace.
-PAT_STR = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+PAT_STR = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 NUM_RESERVED_SPECIAL_TOKENS = 256
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|begin_of_text|>",
@@ -244,22 +280,30 @@ def read_bpe_ranks(path: str | Path) -> dict[bytes, int]:
                 raise ValueError
             token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
         except (ValueError, binascii.Error):
-            raise MedlmError(f"{path}: line {lineno}: expected '<base64 token> <rank>' (a tiktoken BPE file "
-                             f"such as Llama 3's tokenizer.model; Llama 2's sentencepiece model is not one), "
-                             f"got {line[:60]!r}") from None
+            raise MedlmError(
+                f"{path}: line {lineno}: expected '<base64 token> <rank>' (a tiktoken BPE file "
+                f"such as Llama 3's tokenizer.model; Llama 2's sentencepiece model is not one), "
+                f"got {line[:60]!r}"
+            ) from None
         if token in ranks or rank in seen_ranks:
-            raise MedlmError(f"{path}: line {lineno}: duplicate {'token' if token in ranks else 'rank'} "
-                             f"({parts[0].decode(errors='replace')} {rank})")
+            raise MedlmError(
+                f"{path}: line {lineno}: duplicate {'token' if token in ranks else 'rank'} "
+                f"({parts[0].decode(errors='replace')} {rank})"
+            )
         ranks[token] = rank
         seen_ranks.add(rank)
     if not ranks:
         raise MedlmError(f"{path}: empty tokenizer file")
     if seen_ranks != set(range(len(ranks))):
         missing = min(set(range(len(ranks))) - seen_ranks)
-        raise MedlmError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps; rank {missing} is missing")
+        raise MedlmError(
+            f"{path}: ranks must be 0..{len(ranks) - 1} without gaps; rank {missing} is missing"
+        )
     for b in range(256):
         if bytes([b]) not in ranks:
-            raise MedlmError(f"{path}: byte 0x{b:02x} has no token; a byte-level BPE needs all 256 single bytes")
+            raise MedlmError(
+                f"{path}: byte 0x{b:02x} has no token; a byte-level BPE needs all 256 single bytes"
+            )
     return ranks
 
 
@@ -270,7 +314,7 @@ def _pieces(text: str) -> Iterator[str]:
     # a run of limit + 1; the lookbehinds try each run from its start only, so the search stays linear
     long_run = re.compile(rf"(?<!\s)\s{{{limit + 1}}}|(?<!\S)\S{{{limit + 1}}}")
     for i in range(0, len(text), TIKTOKEN_MAX_ENCODE_CHARS):
-        chunk = text[i:i + TIKTOKEN_MAX_ENCODE_CHARS]
+        chunk = text[i : i + TIKTOKEN_MAX_ENCODE_CHARS]
         if long_run.search(chunk) is None:
             yield chunk
         else:

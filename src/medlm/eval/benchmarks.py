@@ -10,7 +10,8 @@ returns :class:`~medlm.eval.report.Results`; the command writes, prints and reco
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -51,25 +52,49 @@ def pubmedqa(models: list[ModelToScore], settings: DictConfig, device: torch.dev
     from medlm.eval.pubmedqa import score_pubmedqa
 
     if settings.setting is not None and settings.setting not in SETTINGS:
-        raise ConfigError(f"benchmark.setting must be one of {', '.join(SETTINGS)} or null, got {settings.setting!r}")
+        raise ConfigError(
+            f"benchmark.setting must be one of {', '.join(SETTINGS)} or null, got {settings.setting!r}"
+        )
     check_number(settings.batch_size, "benchmark.batch_size", int, 1)
-    records = PubMedQADataModule(path=settings.get("path"), hub_config="pqa_labeled").official_test_split()
+    records = PubMedQADataModule(
+        path=settings.get("path"), hub_config="pqa_labeled"
+    ).official_test_split()
     records = spread(records, _limit(settings))
-    results = Results("pubmedqa", f"PubMedQA, {len(records)} official test questions",
-                      metrics=["acc", "macro_f1", "f1_yes", "f1_no", "f1_maybe"],
-                      chart_metrics=["acc", "macro_f1"], baseline_name="majority (always yes)")
+    results = Results(
+        "pubmedqa",
+        f"PubMedQA, {len(records)} official test questions",
+        metrics=["acc", "macro_f1", "f1_yes", "f1_no", "f1_maybe"],
+        chart_metrics=["acc", "macro_f1"],
+        baseline_name="majority (always yes)",
+    )
     for m in models:
         # asked in the template (and setting) the model was trained with, unless the command says
         trained = m.loaded.data_settings()
         template = settings.get("template") or trained.get("template") or DEFAULT_TEMPLATE
         setting = settings.setting or trained.get("setting") or SETTINGS[0]
-        result = _for_model(m, lambda: score_pubmedqa(
-            m.loaded.net.to(device), m.loaded.tokenizer, records, setting=setting, template=template,
-            mode=settings.mode, batch_size=settings.batch_size, device=device))
+        result = _for_model(
+            m,
+            lambda: score_pubmedqa(
+                m.loaded.net.to(device),
+                m.loaded.tokenizer,
+                records,
+                setting=setting,
+                template=template,
+                mode=settings.mode,
+                batch_size=settings.batch_size,
+                device=device,
+            ),
+        )
         results.models[m.name] = {**result.metrics, "n": len(records)}
         results.predictions[m.name] = [p.as_dict() for p in result.predictions]
-        results.details[m.name] = {"mode": result.mode, "confusion": result.confusion, "labels": list(LABELS),
-                                   "setting": setting, "template": template, "prompts_cut": result.n_truncated}
+        results.details[m.name] = {
+            "mode": result.mode,
+            "confusion": result.confusion,
+            "labels": list(LABELS),
+            "setting": setting,
+            "template": template,
+            "prompts_cut": result.n_truncated,
+        }
         results.baseline = {**result.baseline, "n": len(records)}
     return results
 
@@ -79,25 +104,40 @@ def hellaswag(models: list[ModelToScore], settings: DictConfig, device: torch.de
 
     check_number(settings.batch_size, "benchmark.batch_size", int, 1)
     items = load_hellaswag(settings.get("path"), _limit(settings))
-    results = Results("hellaswag", f"HellaSwag, {len(items)} validation items (completion style)",
-                      metrics=["acc", "acc_norm", "acc_norm_bytes"], baseline_name="chance",
-                      baseline={"acc": CHANCE, "acc_norm": CHANCE, "acc_norm_bytes": CHANCE, "n": len(items)})
+    results = Results(
+        "hellaswag",
+        f"HellaSwag, {len(items)} validation items (completion style)",
+        metrics=["acc", "acc_norm", "acc_norm_bytes"],
+        baseline_name="chance",
+        baseline={"acc": CHANCE, "acc_norm": CHANCE, "acc_norm_bytes": CHANCE, "n": len(items)},
+    )
     for m in models:
         if not m.loaded.is_causal_lm:
-            raise ConfigError(f"models.{m.name}: {m.path} holds a {type(m.loaded.net).__name__}; HellaSwag "
-                              "scores a causal language model (GPT2, Llama)")
-        predictions = _for_model(m, lambda: predict_hellaswag(
-            m.loaded.net.to(device), m.loaded.tokenizer, items, settings.batch_size, device))
+            raise ConfigError(
+                f"models.{m.name}: {m.path} holds a {type(m.loaded.net).__name__}; HellaSwag "
+                "scores a causal language model (GPT2, Llama)"
+            )
+        predictions = _for_model(
+            m,
+            lambda: predict_hellaswag(
+                m.loaded.net.to(device), m.loaded.tokenizer, items, settings.batch_size, device
+            ),
+        )
         results.models[m.name] = HellaSwagCounts.of(predictions).metrics()
         results.predictions[m.name] = [p.as_dict() for p in predictions]
     return results
 
 
-def question_pairs(models: list[ModelToScore], settings: DictConfig, device: torch.device) -> Results:
+def question_pairs(
+    models: list[ModelToScore], settings: DictConfig, device: torch.device
+) -> Results:
     from medlm.eval.question_pairs import score_question_pairs
 
     return score_question_pairs(models, settings, device)
 
 
 BENCHMARKS: dict[str, Callable[[list[ModelToScore], DictConfig, torch.device], Results]] = {
-    "pubmedqa": pubmedqa, "hellaswag": hellaswag, "question_pairs": question_pairs}
+    "pubmedqa": pubmedqa,
+    "hellaswag": hellaswag,
+    "question_pairs": question_pairs,
+}

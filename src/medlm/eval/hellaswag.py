@@ -30,8 +30,9 @@ across ranks.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import astuple, dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,8 +45,13 @@ from medlm.eval.likelihood import check_vocab, continuation_logprobs
 HUB_ID = "Rowan/hellaswag"
 SUBDIR = "hellaswag"
 # the authors' file name first (rowanz/hellaswag data/), then exports of the Hub's split
-FILE_PATTERNS = ("hellaswag_val.jsonl", "validation.jsonl", "validation.parquet",
-                 "validation/*.parquet", "data/validation-*.parquet")
+FILE_PATTERNS = (
+    "hellaswag_val.jsonl",
+    "validation.jsonl",
+    "validation.parquet",
+    "validation/*.parquet",
+    "data/validation-*.parquet",
+)
 N_ENDINGS = 4
 
 
@@ -71,8 +77,9 @@ def parse_item(raw: RawRecord) -> HellaSwagItem:
         raise DataError(f"{where}: field 'ctx' must be a non-empty string, got {ctx!r:.80}")
     endings = data.get("endings")
     if not isinstance(endings, list) or not all(isinstance(e, str) for e in endings):
-        raise DataError(f"{where}: field 'endings' must be a list of {N_ENDINGS} strings, "
-                        f"got {endings!r:.80}")
+        raise DataError(
+            f"{where}: field 'endings' must be a list of {N_ENDINGS} strings, got {endings!r:.80}"
+        )
     if len(endings) != N_ENDINGS:
         raise DataError(f"{where}: {len(endings)} endings; a HellaSwag item has {N_ENDINGS}")
     for i, e in enumerate(endings):
@@ -82,13 +89,21 @@ def parse_item(raw: RawRecord) -> HellaSwagItem:
     if isinstance(label, str) and label.strip().isdigit():  # the Hub stores labels as strings
         label = int(label)
     if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < N_ENDINGS:
-        raise DataError(f"{where}: label {data.get('label')!r} is not an ending's index "
-                        f"(0 to {N_ENDINGS - 1}); only labelled items (the validation split) "
-                        "can be scored")
+        raise DataError(
+            f"{where}: label {data.get('label')!r} is not an ending's index "
+            f"(0 to {N_ENDINGS - 1}); only labelled items (the validation split) "
+            "can be scored"
+        )
     ind = data.get("ind")
     activity = data.get("activity_label")
-    return HellaSwagItem(str(ind) if ind is not None else where, ctx, tuple(endings), label,
-                         activity if isinstance(activity, str) else "", where)
+    return HellaSwagItem(
+        str(ind) if ind is not None else where,
+        ctx,
+        tuple(endings),
+        label,
+        activity if isinstance(activity, str) else "",
+        where,
+    )
 
 
 def hellaswag_source(path: str | os.PathLike | None = None, hub_id: str = HUB_ID) -> Source:
@@ -103,8 +118,9 @@ def iter_items(source: Source) -> Iterator[HellaSwagItem]:
         yield parse_item(raw)
 
 
-def load_hellaswag(path: str | os.PathLike | None = None, limit: int | None = None,
-                   hub_id: str = HUB_ID) -> list[HellaSwagItem]:
+def load_hellaswag(
+    path: str | os.PathLike | None = None, limit: int | None = None, hub_id: str = HUB_ID
+) -> list[HellaSwagItem]:
     """The first ``limit`` (default all) validated items of the validation split; a bad line is
     one DataError naming its file and line."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -147,10 +163,18 @@ class HellaSwagPrediction:
         return _first_max([s / n for s, n in zip(self.logprobs, self.n_bytes)])
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "gold": self.gold, "prediction": self.pred,
-                "prediction_norm": self.pred_norm, "prediction_norm_bytes": self.pred_norm_bytes,
-                "scores": {"logprob": list(self.logprobs), "tokens": list(self.n_tokens),
-                           "bytes": list(self.n_bytes)}}
+        return {
+            "id": self.id,
+            "gold": self.gold,
+            "prediction": self.pred,
+            "prediction_norm": self.pred_norm,
+            "prediction_norm_bytes": self.pred_norm_bytes,
+            "scores": {
+                "logprob": list(self.logprobs),
+                "tokens": list(self.n_tokens),
+                "bytes": list(self.n_bytes),
+            },
+        }
 
 
 def _first_max(values: Sequence[float]) -> int:
@@ -169,9 +193,12 @@ class HellaSwagCounts:
 
     @classmethod
     def of(cls, predictions: Sequence[HellaSwagPrediction]) -> HellaSwagCounts:
-        return cls(len(predictions), sum(p.pred == p.gold for p in predictions),
-                   sum(p.pred_norm == p.gold for p in predictions),
-                   sum(p.pred_norm_bytes == p.gold for p in predictions))
+        return cls(
+            len(predictions),
+            sum(p.pred == p.gold for p in predictions),
+            sum(p.pred_norm == p.gold for p in predictions),
+            sum(p.pred_norm_bytes == p.gold for p in predictions),
+        )
 
     def __add__(self, other: HellaSwagCounts) -> HellaSwagCounts:
         return HellaSwagCounts(*(a + b for a, b in zip(astuple(self), astuple(other))))
@@ -195,12 +222,17 @@ class HellaSwagCounts:
         """``acc``, ``acc_norm``, ``acc_norm_bytes`` and ``n``."""
         if self.n == 0:
             raise MedlmError("hellaswag: no items were scored")
-        return {"acc": self.n_correct / self.n, "acc_norm": self.n_correct_norm / self.n,
-                "acc_norm_bytes": self.n_correct_norm_bytes / self.n, "n": self.n}
+        return {
+            "acc": self.n_correct / self.n,
+            "acc_norm": self.n_correct_norm / self.n,
+            "acc_norm_bytes": self.n_correct_norm_bytes / self.n,
+            "n": self.n,
+        }
 
 
-def shard(items: Sequence[HellaSwagItem], rank: int = 0,
-          world_size: int = 1) -> list[HellaSwagItem]:
+def shard(
+    items: Sequence[HellaSwagItem], rank: int = 0, world_size: int = 1
+) -> list[HellaSwagItem]:
     """Rank ``rank``'s items: every ``world_size``-th, starting at ``rank``."""
     if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
         raise ConfigError(f"world_size must be a positive integer, got {world_size!r}")
@@ -209,9 +241,13 @@ def shard(items: Sequence[HellaSwagItem], rank: int = 0,
     return list(items[rank::world_size])
 
 
-def predict_hellaswag(model: nn.Module, tokenizer: Tokenizer, items: Sequence[HellaSwagItem],
-                      batch_size: int = 16,
-                      device: torch.device | str | None = None) -> list[HellaSwagPrediction]:
+def predict_hellaswag(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    items: Sequence[HellaSwagItem],
+    batch_size: int = 16,
+    device: torch.device | str | None = None,
+) -> list[HellaSwagPrediction]:
     """Every item's ending log-likelihoods under a causal LM (an in-memory model; its mode is
     restored afterwards, so a training callback may call it)."""
     check_vocab(model, tokenizer)
@@ -221,18 +257,30 @@ def predict_hellaswag(model: nn.Module, tokenizer: Tokenizer, items: Sequence[He
         ending_tokens.append(endings)
         requests.append((tokenizer.encode_prompt(item.ctx), endings))
     result = continuation_logprobs(model, requests, batch_size, device)
-    return [HellaSwagPrediction(item.ind, item.label, tuple(lp), tuple(len(t) for t in toks),
-                                tuple(len(e.encode("utf-8")) for e in item.endings))
-            for item, lp, toks in zip(items, result.logprobs, ending_tokens)]
+    return [
+        HellaSwagPrediction(
+            item.ind,
+            item.label,
+            tuple(lp),
+            tuple(len(t) for t in toks),
+            tuple(len(e.encode("utf-8")) for e in item.endings),
+        )
+        for item, lp, toks in zip(items, result.logprobs, ending_tokens)
+    ]
 
 
-def score_hellaswag(model: nn.Module, tokenizer: Tokenizer, items: Sequence[HellaSwagItem],
-                    batch_size: int = 16, rank: int = 0, world_size: int = 1,
-                    device: torch.device | str | None = None) -> HellaSwagCounts:
+def score_hellaswag(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    items: Sequence[HellaSwagItem],
+    batch_size: int = 16,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str | None = None,
+) -> HellaSwagCounts:
     """This rank's counts over its shard of ``items``; ``.all_reduce()`` sums them over ranks and
     ``.metrics()`` turns them into acc, acc_norm, acc_norm_bytes."""
     mine = shard(items, rank, world_size)
     if not mine:
         return HellaSwagCounts()
     return HellaSwagCounts.of(predict_hellaswag(model, tokenizer, mine, batch_size, device))
-

@@ -24,8 +24,8 @@ EleutherAI harness does); the number of requests cut is reported.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,13 +46,16 @@ def check_vocab(model: nn.Module, tokenizer: Tokenizer, where: str = "model") ->
     config = getattr(model, "config", None)
     vocab = getattr(config, "vocab_size", None)
     if not isinstance(vocab, int):
-        raise ConfigError(f"{where}: {type(model).__name__} has no config.vocab_size; a causal LM "
-                          "following medlm's calling convention is needed")
+        raise ConfigError(
+            f"{where}: {type(model).__name__} has no config.vocab_size; a causal LM "
+            "following medlm's calling convention is needed"
+        )
     if not tokenizer.vocab_size <= vocab < tokenizer.vocab_size + MAX_VOCAB_PADDING:
         raise ConfigError(
             f"{where}: the model's vocabulary ({vocab:,} tokens) does not fit the tokenizer "
             f"{tokenizer.name!r} ({tokenizer.vocab_size:,} tokens); score it with the tokenizer it "
-            "was trained with")
+            "was trained with"
+        )
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -83,19 +86,24 @@ class _Row:
     targets: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-def _rows(index: int, prompt: Sequence[int], continuations: Sequence[Sequence[int]],
-          block_size: int) -> tuple[list[_Row], bool]:
+def _rows(
+    index: int, prompt: Sequence[int], continuations: Sequence[Sequence[int]], block_size: int
+) -> tuple[list[_Row], bool]:
     """The rows of one request, and whether its prompt was cut to fit ``block_size``."""
     if not prompt:
-        raise ValueError(f"request {index}: empty prompt (start it with the tokenizer's "
-                         "encode_prompt, which never returns an empty list)")
+        raise ValueError(
+            f"request {index}: empty prompt (start it with the tokenizer's "
+            "encode_prompt, which never returns an empty list)"
+        )
     if not continuations or any(len(c) == 0 for c in continuations):
         raise ValueError(f"request {index}: every continuation needs at least one token")
     extras = [len(c) - 1 for c in continuations]  # tokens each continuation adds to a row
     keep = min(len(prompt), block_size - max(extras))
     if keep < 1:
-        raise ConfigError(f"request {index}: a continuation of {max(extras) + 1} tokens does not "
-                          f"fit the model's block_size {block_size}")
+        raise ConfigError(
+            f"request {index}: a continuation of {max(extras) + 1} tokens does not "
+            f"fit the model's block_size {block_size}"
+        )
     cut = keep < len(prompt)
     prompt = list(prompt[-keep:])
     rows: list[_Row] = []
@@ -140,8 +148,12 @@ class LoglikelihoodResult:
 
 
 @torch.no_grad()
-def continuation_logprobs(model: nn.Module, requests: Sequence[Request], batch_size: int = 8,
-                          device: torch.device | str | None = None) -> LoglikelihoodResult:
+def continuation_logprobs(
+    model: nn.Module,
+    requests: Sequence[Request],
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> LoglikelihoodResult:
     """``requests``: ``(prompt ids, [continuation ids, ...])``; returns, per request, the summed
     log-probability of each continuation given the prompt, in float32 whatever the model's dtype.
 
@@ -166,7 +178,7 @@ def continuation_logprobs(model: nn.Module, requests: Sequence[Request], batch_s
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
-            batch = [rows[r] for r in order[start:start + batch_size]]
+            batch = [rows[r] for r in order[start : start + batch_size]]
             for row, scores in zip(batch, _score_batch(model, head, batch, device)):
                 for (_, _, k), s in zip(row.targets, scores):
                     out[row.request][k] += s
@@ -175,8 +187,9 @@ def continuation_logprobs(model: nn.Module, requests: Sequence[Request], batch_s
     return LoglikelihoodResult(out, n_truncated)
 
 
-def _score_batch(model: nn.Module, head: nn.Module | None, batch: list[_Row],
-                 device: torch.device) -> list[list[float]]:
+def _score_batch(
+    model: nn.Module, head: nn.Module | None, batch: list[_Row], device: torch.device
+) -> list[list[float]]:
     """Log-probability of every target of every row of one right-padded batch."""
     B, T = len(batch), max(len(r.tokens) for r in batch)
     idx = torch.zeros(B, T, dtype=torch.long)
@@ -204,6 +217,6 @@ def _score_batch(model: nn.Module, head: nn.Module | None, batch: list[_Row],
     logp = logp.tolist()
     out, i = [], 0
     for r in batch:
-        out.append(logp[i:i + len(r.targets)])
+        out.append(logp[i : i + len(r.targets)])
         i += len(r.targets)
     return out

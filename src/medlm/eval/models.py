@@ -44,8 +44,10 @@ def _best_checkpoint(name: str, run, where: str) -> Path:
     value = run.data.tags.get("best_checkpoint", "")
     path = Path(value)
     if not value.endswith(".ckpt") or not path.is_file():
-        raise ConfigError(f"models.{name}: {where} has no best checkpoint that still exists "
-                          f"(tag best_checkpoint={value or 'none'}); pass a checkpoint path")
+        raise ConfigError(
+            f"models.{name}: {where} has no best checkpoint that still exists "
+            f"(tag best_checkpoint={value or 'none'}); pass a checkpoint path"
+        )
     return path
 
 
@@ -53,9 +55,15 @@ def resolve_model(name: str, value: str, tracking_uri: str | None) -> tuple[Path
     """``(checkpoint file or model directory, training run id or None)`` that ``value`` means."""
     text = str(value)
     path = Path(text).expanduser()
-    looks_like_path = path.suffix in (".ckpt", ".pt", ".pth") or "/" in text or text.startswith((".", "~"))
-    is_model = path.is_file() or (path / "config.json").is_file() or (path / "params.json").is_file()
-    if is_model or (path.exists() and looks_like_path):  # a folder that is no model: load_model says why
+    looks_like_path = (
+        path.suffix in (".ckpt", ".pt", ".pth") or "/" in text or text.startswith((".", "~"))
+    )
+    is_model = (
+        path.is_file() or (path / "config.json").is_file() or (path / "params.json").is_file()
+    )
+    if is_model or (
+        path.exists() and looks_like_path
+    ):  # a folder that is no model: load_model says why
         return path.resolve(), _training_run_of(path.resolve())
     if looks_like_path:
         raise ConfigError(f"models.{name}: {text}: no such checkpoint file or model directory")
@@ -67,26 +75,40 @@ def resolve_model(name: str, value: str, tracking_uri: str | None) -> tuple[Path
         try:
             run = client.get_run(text)
         except MlflowException:
-            raise ConfigError(f"models.{name}: no MLflow run {text} in {client.tracking_uri}") from None
+            raise ConfigError(
+                f"models.{name}: no MLflow run {text} in {client.tracking_uri}"
+            ) from None
         return _best_checkpoint(name, run, f"MLflow run {text}"), text
     experiment = client.get_experiment_by_name(text)
     if experiment is None:
-        raise ConfigError(f"models.{name}: {text!r} is neither a checkpoint file, a model directory, an "
-                          f"MLflow run id nor an MLflow experiment in {client.tracking_uri}")
-    runs = client.search_runs([experiment.experiment_id], filter_string="tags.best_checkpoint LIKE '%.ckpt'",
-                              order_by=["attributes.start_time DESC"], max_results=100)
+        raise ConfigError(
+            f"models.{name}: {text!r} is neither a checkpoint file, a model directory, an "
+            f"MLflow run id nor an MLflow experiment in {client.tracking_uri}"
+        )
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string="tags.best_checkpoint LIKE '%.ckpt'",
+        order_by=["attributes.start_time DESC"],
+        max_results=100,
+    )
     for run in runs:
         if Path(run.data.tags["best_checkpoint"]).is_file():
             return _best_checkpoint(name, run, f"run {run.info.run_id}"), run.info.run_id
-    raise ConfigError(f"models.{name}: no run of MLflow experiment {text!r} has a best checkpoint that "
-                      "still exists; pass a checkpoint path")
+    raise ConfigError(
+        f"models.{name}: no run of MLflow experiment {text!r} has a best checkpoint that "
+        "still exists; pass a checkpoint path"
+    )
 
 
-def load_models(models: dict[str, str], tracking_uri: str | None, causal_lm: bool = False) -> list[ModelToScore]:
+def load_models(
+    models: dict[str, str], tracking_uri: str | None, causal_lm: bool = False
+) -> list[ModelToScore]:
     """Every model named, found and loaded (eval mode, CPU), in the order given."""
     if not models:
-        raise ConfigError("models: name at least one model to score (models.NAME=<checkpoint, model "
-                          "directory, MLflow run id or experiment>)")
+        raise ConfigError(
+            "models: name at least one model to score (models.NAME=<checkpoint, model "
+            "directory, MLflow run id or experiment>)"
+        )
     found = []
     for name, value in models.items():
         check_model_name(name)

@@ -27,15 +27,15 @@ per-label precision/recall/F1, the confusion matrix and the majority-class basel
 from __future__ import annotations
 
 import logging
-import string
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from medlm.data.pubmedqa import DEFAULT_TEMPLATE, LABELS, SETTINGS, PubMedQARecord, decision_prompt
+from medlm.data.pubmedqa import DEFAULT_TEMPLATE, LABELS, PubMedQARecord, decision_prompt
 from medlm.data.tokenizer import Tokenizer
 from medlm.errors import ConfigError, DataError
 from medlm.eval.likelihood import check_vocab, continuation_logprobs, model_device
@@ -49,8 +49,9 @@ MODES = ("auto", "likelihood", "classifier")
 # ------------------------------------------------------------------------------------ metrics
 
 
-def pubmedqa_metrics(gold: Sequence[str],
-                     pred: Sequence[str]) -> tuple[dict[str, float], list[list[int]]]:
+def pubmedqa_metrics(
+    gold: Sequence[str], pred: Sequence[str]
+) -> tuple[dict[str, float], list[list[int]]]:
     """``(metrics, confusion)`` as the authors' ``evaluation.py`` computes them.
 
     ``metrics``: ``acc``, ``macro_f1``, ``precision_<label>``, ``recall_<label>``, ``f1_<label>``
@@ -64,8 +65,9 @@ def pubmedqa_metrics(gold: Sequence[str],
     for what, values in (("gold label", gold), ("prediction", pred)):
         bad = sorted(set(values) - set(LABELS))
         if bad:
-            raise DataError(f"pubmedqa: unknown {what} {bad[0]!r}; "
-                            f"expected one of {', '.join(LABELS)}")
+            raise DataError(
+                f"pubmedqa: unknown {what} {bad[0]!r}; expected one of {', '.join(LABELS)}"
+            )
     at = {label: i for i, label in enumerate(LABELS)}
     confusion = [[0] * len(LABELS) for _ in LABELS]
     for g, p in zip(gold, pred):
@@ -109,8 +111,12 @@ class PubMedQAPrediction:
     scores: dict[str, float]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "gold": self.gold, "prediction": self.prediction,
-                "scores": self.scores}
+        return {
+            "id": self.id,
+            "gold": self.gold,
+            "prediction": self.prediction,
+            "scores": self.scores,
+        }
 
 
 @dataclass
@@ -136,14 +142,22 @@ def _checked(records: Sequence[PubMedQARecord]) -> None:
             raise DataError(f"pubmedqa: pubid {r.pubid}: no yes/no/maybe label to score against")
 
 
-def predict_likelihood(model: nn.Module, tokenizer: Tokenizer, records: Sequence[PubMedQARecord], *,
-                       setting: str = "reasoning_required", template: str = DEFAULT_TEMPLATE,
-                       batch_size: int = 8, device: torch.device | str | None = None
-                       ) -> tuple[list[PubMedQAPrediction], int]:
+def predict_likelihood(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    records: Sequence[PubMedQARecord],
+    *,
+    setting: str = "reasoning_required",
+    template: str = DEFAULT_TEMPLATE,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> tuple[list[PubMedQAPrediction], int]:
     """Each question answered by a causal LM's likeliest label; ``(predictions, prompts cut)``."""
     if isinstance(model, SequenceClassifier):
-        raise ConfigError("the likelihood mode needs a causal LM; this model is a sequence "
-                          "classifier (use mode=classifier)")
+        raise ConfigError(
+            "the likelihood mode needs a causal LM; this model is a sequence "
+            "classifier (use mode=classifier)"
+        )
     check_vocab(model, tokenizer)
     _checked(records)
     prompt, sep = decision_prompt(template, setting)
@@ -158,19 +172,27 @@ def predict_likelihood(model: nn.Module, tokenizer: Tokenizer, records: Sequence
 
 
 @torch.no_grad()
-def predict_classifier(model: SequenceClassifier, tokenizer: Tokenizer,
-                       records: Sequence[PubMedQARecord], *, setting: str = "reasoning_required",
-                       template: str = DEFAULT_TEMPLATE, batch_size: int = 8,
-                       device: torch.device | str | None = None
-                       ) -> tuple[list[PubMedQAPrediction], int]:
+def predict_classifier(
+    model: SequenceClassifier,
+    tokenizer: Tokenizer,
+    records: Sequence[PubMedQARecord],
+    *,
+    setting: str = "reasoning_required",
+    template: str = DEFAULT_TEMPLATE,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> tuple[list[PubMedQAPrediction], int]:
     """Each question answered by a 3-label classifier's argmax over the same prompt text (cut from
     the left to the backbone's block size); scores are log-softmax of its logits."""
     if not isinstance(model, SequenceClassifier):
-        raise ConfigError("the classifier mode needs a SequenceClassifier, "
-                          f"got {type(model).__name__}")
+        raise ConfigError(
+            f"the classifier mode needs a SequenceClassifier, got {type(model).__name__}"
+        )
     if model.num_labels != len(LABELS):
-        raise ConfigError(f"a PubMedQA classifier needs {len(LABELS)} labels "
-                          f"({', '.join(LABELS)}), this one has {model.num_labels}")
+        raise ConfigError(
+            f"a PubMedQA classifier needs {len(LABELS)} labels "
+            f"({', '.join(LABELS)}), this one has {model.num_labels}"
+        )
     check_vocab(model, tokenizer)
     _checked(records)
     prompt, _ = decision_prompt(template, setting)
@@ -185,13 +207,13 @@ def predict_classifier(model: SequenceClassifier, tokenizer: Tokenizer,
     model.eval()
     try:
         for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
+            chunk = order[start : start + batch_size]
             T = max(len(encoded[i]) for i in chunk)
             ids = torch.full((len(chunk), T), tokenizer.eot_id, dtype=torch.long)
             mask = torch.zeros(len(chunk), T, dtype=torch.long)
             for b, i in enumerate(chunk):  # right padding, marked by the attention mask
-                ids[b, :len(encoded[i])] = torch.tensor(encoded[i])
-                mask[b, :len(encoded[i])] = 1
+                ids[b, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[b, : len(encoded[i])] = 1
             logits = model(ids.to(device), attention_mask=mask.to(device))  # (B, 3)
             for i, row in zip(chunk, torch.log_softmax(logits.float(), -1).tolist()):
                 logprobs[i] = row
@@ -204,10 +226,17 @@ def predict_classifier(model: SequenceClassifier, tokenizer: Tokenizer,
     return predictions, n_truncated
 
 
-def score_pubmedqa(model: nn.Module, tokenizer: Tokenizer, records: Sequence[PubMedQARecord], *,
-                   setting: str = "reasoning_required", template: str = DEFAULT_TEMPLATE,
-                   mode: str = "auto", batch_size: int = 8,
-                   device: torch.device | str | None = None) -> PubMedQAResult:
+def score_pubmedqa(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    records: Sequence[PubMedQARecord],
+    *,
+    setting: str = "reasoning_required",
+    template: str = DEFAULT_TEMPLATE,
+    mode: str = "auto",
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+) -> PubMedQAResult:
     """Predictions, the authors' metrics and the majority baseline of ``model`` on ``records``
     (the official split: ``PubMedQADataModule(...).official_test_split()``).
 
@@ -219,12 +248,25 @@ def score_pubmedqa(model: nn.Module, tokenizer: Tokenizer, records: Sequence[Pub
     if mode == "auto":
         mode = "classifier" if isinstance(model, SequenceClassifier) else "likelihood"
     predict = predict_classifier if mode == "classifier" else predict_likelihood
-    predictions, n_truncated = predict(model, tokenizer, records, setting=setting,
-                                       template=template, batch_size=batch_size, device=device)
+    predictions, n_truncated = predict(
+        model,
+        tokenizer,
+        records,
+        setting=setting,
+        template=template,
+        batch_size=batch_size,
+        device=device,
+    )
     if n_truncated:
-        log.warning("pubmedqa: %d of %d prompts were longer than the model's block size %d and "
-                    "lost their beginning", n_truncated, len(records), model.config.block_size)
+        log.warning(
+            "pubmedqa: %d of %d prompts were longer than the model's block size %d and "
+            "lost their beginning",
+            n_truncated,
+            len(records),
+            model.config.block_size,
+        )
     gold = [p.gold for p in predictions]
     metrics, confusion = pubmedqa_metrics(gold, [p.prediction for p in predictions])
-    return PubMedQAResult(setting, mode, metrics, confusion, majority_baseline(gold), predictions,
-                          n_truncated)
+    return PubMedQAResult(
+        setting, mode, metrics, confusion, majority_baseline(gold), predictions, n_truncated
+    )

@@ -21,9 +21,10 @@ import csv
 import json
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from medlm.errors import ConfigError
 from medlm.utils.io import atomic_path, atomic_write
@@ -34,8 +35,10 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 def check_model_name(name: str) -> str:
     """A model's name becomes a file name and an MLflow metric prefix: letters, digits, ``._-``."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise ConfigError(f"models.{name}: a model name may hold letters, digits, '.', '_' and '-' "
-                          "and must start with a letter or digit")
+        raise ConfigError(
+            f"models.{name}: a model name may hold letters, digits, '.', '_' and '-' "
+            "and must start with a letter or digit"
+        )
     return name
 
 
@@ -62,15 +65,25 @@ def metric_names(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return list(names)
 
 
-def results_rows(models: Mapping[str, Mapping[str, Any]], metrics: Sequence[str],
-                 baseline: Mapping[str, Any] | None = None,
-                 baseline_name: str = "baseline") -> list[dict[str, Any]]:
+def results_rows(
+    models: Mapping[str, Mapping[str, Any]],
+    metrics: Sequence[str],
+    baseline: Mapping[str, Any] | None = None,
+    baseline_name: str = "baseline",
+) -> list[dict[str, Any]]:
     """One row per model (then the baseline): ``model``, each metric, ``n``."""
-    rows = [{"model": name, **{k: m.get(k) for k in metrics}, "n": m.get("n")}
-            for name, m in models.items()]
+    rows = [
+        {"model": name, **{k: m.get(k) for k in metrics}, "n": m.get("n")}
+        for name, m in models.items()
+    ]
     if baseline is not None:
-        rows.append({"model": baseline_name, **{k: baseline.get(k) for k in metrics},
-                     "n": baseline.get("n")})
+        rows.append(
+            {
+                "model": baseline_name,
+                **{k: baseline.get(k) for k in metrics},
+                "n": baseline.get("n"),
+            }
+        )
     return rows
 
 
@@ -105,9 +118,14 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
     return path
 
 
-def bar_chart(models: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], path: str | Path,
-              title: str, baseline: Mapping[str, Any] | None = None,
-              baseline_name: str = "baseline") -> Path:
+def bar_chart(
+    models: Mapping[str, Mapping[str, Any]],
+    metrics: Sequence[str],
+    path: str | Path,
+    title: str,
+    baseline: Mapping[str, Any] | None = None,
+    baseline_name: str = "baseline",
+) -> Path:
     """Grouped bars: one group per metric, one bar per model; the baseline's value for each metric
     it has as a dashed line across that group. PNG, drawn without pyplot (no global backend)."""
     from matplotlib.figure import Figure
@@ -131,8 +149,15 @@ def bar_chart(models: Mapping[str, Mapping[str, Any]], metrics: Sequence[str], p
         for j, k in enumerate(metrics):
             value = baseline.get(k)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                ax.hlines(value, j - 0.45, j + 0.45, colors="gray", linestyles="--", lw=1.2,
-                          label=None if labelled else baseline_name)
+                ax.hlines(
+                    value,
+                    j - 0.45,
+                    j + 0.45,
+                    colors="gray",
+                    linestyles="--",
+                    lw=1.2,
+                    label=None if labelled else baseline_name,
+                )
                 labelled = True
     ax.set_xticks(range(len(metrics)), list(metrics))
     top = max([1.0] + [_number(m.get(k)) for m in models.values() for k in metrics])
@@ -159,12 +184,19 @@ def write_predictions(path: str | Path, predictions: Iterable[Mapping[str, Any]]
     return path
 
 
-def write_results(out_dir: str | Path, benchmark: str, models: Mapping[str, Mapping[str, Any]],
-                  predictions: Mapping[str, Iterable[Mapping[str, Any]]] | None = None, *,
-                  metrics: Sequence[str] | None = None, chart_metrics: Sequence[str] | None = None,
-                  baseline: Mapping[str, Any] | None = None, baseline_name: str = "baseline",
-                  details: Mapping[str, Any] | None = None,
-                  title: str | None = None) -> dict[str, Path]:
+def write_results(
+    out_dir: str | Path,
+    benchmark: str,
+    models: Mapping[str, Mapping[str, Any]],
+    predictions: Mapping[str, Iterable[Mapping[str, Any]]] | None = None,
+    *,
+    metrics: Sequence[str] | None = None,
+    chart_metrics: Sequence[str] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+    baseline_name: str = "baseline",
+    details: Mapping[str, Any] | None = None,
+    title: str | None = None,
+) -> dict[str, Path]:
     """Write every output of one evaluation under ``out_dir``; returns them by kind
     (``results``, ``table``, ``csv``, ``chart``, ``predictions/NAME``).
 
@@ -195,8 +227,9 @@ def write_results(out_dir: str | Path, benchmark: str, models: Mapping[str, Mapp
         f.write(f"# {title}\n\n{table}\n")
     paths["table"] = out / "results.md"
     paths["csv"] = write_csv(out / "results.csv", rows)
-    paths["chart"] = bar_chart(models, chart_metrics, out / "results.png", title, baseline,
-                               baseline_name)
+    paths["chart"] = bar_chart(
+        models, chart_metrics, out / "results.png", title, baseline, baseline_name
+    )
     doc: dict[str, Any] = {"benchmark": benchmark, "models": models}
     if baseline is not None:
         doc["baseline"] = {"name": baseline_name, **baseline}
@@ -226,10 +259,21 @@ class Results:
     files: list[Path] = field(default_factory=list)  # more outputs the benchmark wrote (plots)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        return write_results(out_dir, self.benchmark, self.models, self.predictions, metrics=self.metrics,
-                             chart_metrics=self.chart_metrics, baseline=self.baseline,
-                             baseline_name=self.baseline_name, details=self.details or None, title=self.title)
+        return write_results(
+            out_dir,
+            self.benchmark,
+            self.models,
+            self.predictions,
+            metrics=self.metrics,
+            chart_metrics=self.chart_metrics,
+            baseline=self.baseline,
+            baseline_name=self.baseline_name,
+            details=self.details or None,
+            title=self.title,
+        )
 
     def table(self) -> str:
         metrics = self.metrics if self.metrics is not None else metric_names(plain(self.models))
-        return markdown_table(results_rows(plain(self.models), metrics, plain(self.baseline), self.baseline_name))
+        return markdown_table(
+            results_rows(plain(self.models), metrics, plain(self.baseline), self.baseline_name)
+        )

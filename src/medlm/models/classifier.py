@@ -7,8 +7,9 @@ PEFT is :mod:`medlm.models.convert_classifier`'s.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +23,13 @@ from medlm.utils.checks import check_positive_int
 class SequenceClassifier(nn.Module):
     """``backbone.hidden_states`` -> last non-padding token -> ``score`` -> logits (B, num_labels)."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int = 2, pad_token_id: int | None = None,
-                 hidden_size: int | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_labels: int = 2,
+        pad_token_id: int | None = None,
+        hidden_size: int | None = None,
+    ) -> None:
         super().__init__()
         check_positive_int(num_labels, "model.num_labels")
         if not hasattr(backbone, "hidden_states"):
@@ -31,7 +37,9 @@ class SequenceClassifier(nn.Module):
         cfg = getattr(backbone, "config", None)
         hidden_size = hidden_size or getattr(cfg, "n_embd", None)
         if not hidden_size:
-            raise ConfigError(f"model.hidden_size: cannot tell the width of {type(backbone).__name__}")
+            raise ConfigError(
+                f"model.hidden_size: cannot tell the width of {type(backbone).__name__}"
+            )
         self.backbone = backbone
         self.num_labels, self.pad_token_id = num_labels, pad_token_id
         w = next(backbone.parameters())
@@ -65,8 +73,13 @@ class SequenceClassifier(nn.Module):
         return self.score(pooled)  # (B, num_labels)
 
     @classmethod
-    def from_pretrained(cls, pretrained: str | Path, num_labels: int = 2,
-                        pad_token_id: int | None = None, **overrides: Any) -> SequenceClassifier:
+    def from_pretrained(
+        cls,
+        pretrained: str | Path,
+        num_labels: int = 2,
+        pad_token_id: int | None = None,
+        **overrides: Any,
+    ) -> SequenceClassifier:
         """A GPT-2 classifier from a HF directory or hub id: a GPT2ForSequenceClassification
         brings its trained head, any other GPT-2 gets a fresh one. See
         :func:`~medlm.models.convert_classifier.load_hf_classifier`."""
@@ -75,24 +88,36 @@ class SequenceClassifier(nn.Module):
         return load_hf_classifier(pretrained, num_labels, pad_token_id, **overrides)
 
 
-def lora_classifier(pretrained: str | Path, num_labels: int = 2,
-                    targets: Iterable[str] = ("c_attn", "c_proj"), r: int = 8, alpha: float = 32.0,
-                    dropout: float = 0.1, pad_token_id: int | None = None, **overrides) -> SequenceClassifier:
+def lora_classifier(
+    pretrained: str | Path,
+    num_labels: int = 2,
+    targets: Iterable[str] = ("c_attn", "c_proj"),
+    r: int = 8,
+    alpha: float = 32.0,
+    dropout: float = 0.1,
+    pad_token_id: int | None = None,
+    **overrides,
+) -> SequenceClassifier:
     """``SequenceClassifier.from_pretrained`` + LoRA on ``targets``; the ``score`` head trains too.
 
     One call that a Hydra model config can target.
     """
-    model = SequenceClassifier.from_pretrained(pretrained, num_labels, pad_token_id=pad_token_id, **overrides)
+    model = SequenceClassifier.from_pretrained(
+        pretrained, num_labels, pad_token_id=pad_token_id, **overrides
+    )
     return apply_lora(model, targets, r=r, alpha=alpha, dropout=dropout, modules_to_save=["score"])
 
 
-def linear_probe(pretrained: str | Path, num_labels: int = 2, pad_token_id: int | None = None,
-                 **overrides) -> SequenceClassifier:
+def linear_probe(
+    pretrained: str | Path, num_labels: int = 2, pad_token_id: int | None = None, **overrides
+) -> SequenceClassifier:
     """``SequenceClassifier.from_pretrained`` with the backbone frozen: only ``score`` trains.
 
     The baseline LoRA is measured against: what the base model's own features tell a linear head.
     ``overrides`` go to ``GPT2.from_pretrained`` (``dropout=0.0`` keeps the frozen features fixed).
     """
-    model = SequenceClassifier.from_pretrained(pretrained, num_labels, pad_token_id=pad_token_id, **overrides)
+    model = SequenceClassifier.from_pretrained(
+        pretrained, num_labels, pad_token_id=pad_token_id, **overrides
+    )
     model.backbone.requires_grad_(False)
     return model

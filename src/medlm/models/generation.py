@@ -8,14 +8,13 @@ attention and skipped by the positions, so that every row generates exactly what
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from medlm.errors import ConfigError
 from medlm.models.kv_cache import padded_causal_mask
-
 
 # ----------------------------------------------------------------------------------------------
 # Sampling
@@ -50,8 +49,13 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def sample_logits(logits: Tensor, temperature: float | None = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
+def sample_logits(
+    logits: Tensor,
+    temperature: float | None = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """(B, V) next-token logits -> (B,) token ids. Temperature 0 or None is greedy (argmax)."""
     if not temperature:
         return logits.argmax(dim=-1)
@@ -70,11 +74,21 @@ def sample_logits(logits: Tensor, temperature: float | None = 1.0, top_k: int | 
 # Generation
 
 
-def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-             temperature: float | None = 1.0, top_k: int | None = None, top_p: float | None = None,
-             eos_id: int | None = None, stop_sequences: Sequence[Sequence[int]] | None = None,
-             seed: int | None = None, use_cache: bool = True, pad_id: int = 0,
-             on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+def generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float | None = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    stop_sequences: Sequence[Sequence[int]] | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    pad_id: int = 0,
+    on_token: Callable[[int, int], None] | None = None,
+) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens; return only the new tokens.
 
     A row stops after it produces ``eos_id`` or ends with one of ``stop_sequences`` (the stopping
@@ -82,15 +96,34 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     is called for every token as soon as it is chosen, for streaming: the calls of a row spell
     out its result. ``seed`` makes sampling reproducible; without it the global RNG is used.
     """
-    return _generate(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                     eos_id=eos_id, stop_sequences=stop_sequences, seed=seed, use_cache=use_cache,
-                     pad_id=pad_id, on_token=on_token, stop_fn=None)
+    return _generate(
+        model,
+        prompts,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        eos_id=eos_id,
+        stop_sequences=stop_sequences,
+        seed=seed,
+        use_cache=use_cache,
+        pad_id=pad_id,
+        on_token=on_token,
+        stop_fn=None,
+    )
 
 
-def generate_text(model: torch.nn.Module, encode: Callable[[str], list[int]],
-                  decode: Callable[[list[int]], str], prompts: Sequence[str], max_new_tokens: int, *,
-                  stop_strings: Sequence[str] | None = None, eos_id: int | None = None,
-                  **kwargs) -> list[str]:
+def generate_text(
+    model: torch.nn.Module,
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    *,
+    stop_strings: Sequence[str] | None = None,
+    eos_id: int | None = None,
+    **kwargs,
+) -> list[str]:
     """Text in, text out: ``generate`` on the encoded prompts, decoded, cut before the first stop
     string (a row stops as soon as its decoded text contains one) and without the final eos."""
     stops = [s for s in (stop_strings or []) if s]
@@ -99,8 +132,14 @@ def generate_text(model: torch.nn.Module, encode: Callable[[str], list[int]],
         text = decode(tokens)
         return any(s in text for s in stops)
 
-    out = _generate(model, [encode(p) for p in prompts], max_new_tokens, eos_id=eos_id,
-                    stop_fn=stop_fn if stops else None, **kwargs)
+    out = _generate(
+        model,
+        [encode(p) for p in prompts],
+        max_new_tokens,
+        eos_id=eos_id,
+        stop_fn=stop_fn if stops else None,
+        **kwargs,
+    )
     texts = []
     for tokens in out:
         if eos_id is not None and tokens and tokens[-1] == eos_id:
@@ -111,12 +150,22 @@ def generate_text(model: torch.nn.Module, encode: Callable[[str], list[int]],
     return texts
 
 
-def _generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-              temperature: float | None = 1.0, top_k: int | None = None, top_p: float | None = None,
-              eos_id: int | None = None, stop_sequences: Sequence[Sequence[int]] | None = None,
-              seed: int | None = None, use_cache: bool = True, pad_id: int = 0,
-              on_token: Callable[[int, int], None] | None = None,
-              stop_fn: Callable[[int, list[int]], bool] | None = None) -> list[list[int]]:
+def _generate(
+    model: torch.nn.Module,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    temperature: float | None = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | None = None,
+    stop_sequences: Sequence[Sequence[int]] | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    pad_id: int = 0,
+    on_token: Callable[[int, int], None] | None = None,
+    stop_fn: Callable[[int, list[int]], bool] | None = None,
+) -> list[list[int]]:
     """``generate``, plus ``stop_fn(row, new_tokens) -> bool`` checked after every token."""
     block_size, vocab_size = model.config.block_size, model.config.vocab_size
     _check_inputs(prompts, max_new_tokens, block_size, vocab_size, stop_sequences)
@@ -132,8 +181,8 @@ def _generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_
     tokens = torch.full((B, total), pad_id, dtype=torch.long, device=device)  # left-padded prompts
     valid = torch.zeros(B, total, dtype=torch.bool, device=device)  # True on real tokens
     for b, p in enumerate(prompts):
-        tokens[b, P - len(p):P] = torch.tensor(list(p), dtype=torch.long)
-        valid[b, P - len(p):] = True  # and every token generated after the prompt
+        tokens[b, P - len(p) : P] = torch.tensor(list(p), dtype=torch.long)
+        valid[b, P - len(p) :] = True  # and every token generated after the prompt
     padded = not bool(valid[:, :P].all())
     pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, total): padding does not count
     generator = None
@@ -148,11 +197,19 @@ def _generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_
             cache = model.new_cache(B, total - 1) if use_cache else None
             for step in range(max_new_tokens):
                 end = P + step  # tokens[:, :end] are known
-                start = end - 1 if use_cache and step > 0 else 0  # with a cache, feed only what is new
+                start = (
+                    end - 1 if use_cache and step > 0 else 0
+                )  # with a cache, feed only what is new
                 mask = padded_causal_mask(valid[:, :end], end - start) if padded else None
-                logits = model(tokens[:, start:end], pos=pos[:, start:end] if padded else None,
-                               mask=mask, cache=cache)  # (B, T, vocab)
-                next_ids = sample_logits(logits[:, -1], temperature, top_k, top_p, generator)  # (B,)
+                logits = model(
+                    tokens[:, start:end],
+                    pos=pos[:, start:end] if padded else None,
+                    mask=mask,
+                    cache=cache,
+                )  # (B, T, vocab)
+                next_ids = sample_logits(
+                    logits[:, -1], temperature, top_k, top_p, generator
+                )  # (B,)
                 tokens[:, end] = next_ids
                 for b, t in enumerate(next_ids.tolist()):
                     if done[b]:
@@ -160,8 +217,11 @@ def _generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_
                     out[b].append(t)
                     if on_token is not None:
                         on_token(b, t)
-                    done[b] = (t == eos_id or any(out[b][-len(s):] == s for s in stops)
-                               or (stop_fn is not None and stop_fn(b, out[b])))
+                    done[b] = (
+                        t == eos_id
+                        or any(out[b][-len(s) :] == s for s in stops)
+                        or (stop_fn is not None and stop_fn(b, out[b]))
+                    )
                 if all(done):
                     break
     finally:
@@ -169,21 +229,36 @@ def _generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_
     return out
 
 
-def _check_inputs(prompts: Sequence[Sequence[int]], max_new_tokens: int, block_size: int, vocab_size: int,
-                  stop_sequences: Sequence[Sequence[int]] | None) -> None:
+def _check_inputs(
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    block_size: int,
+    vocab_size: int,
+    stop_sequences: Sequence[Sequence[int]] | None,
+) -> None:
     if len(prompts) == 0:
         raise ValueError("generate: no prompts")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 0
+    ):
         raise ValueError(f"max_new_tokens: {max_new_tokens!r} is not a non-negative integer")
     for i, p in enumerate(prompts):
         if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty: generation needs at least one token to start from")
+            raise ValueError(
+                f"prompt {i} is empty: generation needs at least one token to start from"
+            )
         if len(p) + max_new_tokens > block_size:
-            raise ConfigError(f"prompt {i} has {len(p)} tokens; with max_new_tokens {max_new_tokens} that is "
-                              f"{len(p) + max_new_tokens} > the model's block_size {block_size}")
+            raise ConfigError(
+                f"prompt {i} has {len(p)} tokens; with max_new_tokens {max_new_tokens} that is "
+                f"{len(p) + max_new_tokens} > the model's block_size {block_size}"
+            )
         bad = [t for t in p if not 0 <= t < vocab_size]
         if bad:
-            raise ValueError(f"prompt {i}: token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+            raise ValueError(
+                f"prompt {i}: token id {bad[0]} is outside the vocabulary [0, {vocab_size})"
+            )
     for i, s in enumerate(stop_sequences or []):
         if len(s) == 0:
             raise ValueError(f"stop_sequences[{i}] is empty")

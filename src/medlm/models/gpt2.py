@@ -28,7 +28,6 @@ from medlm.utils.checks import (
     check_probability,
 )
 
-
 # ----------------------------------------------------------------------------------------------
 # Config
 
@@ -45,7 +44,9 @@ class GPT2Config:
     embd_dropout: float = 0.0
     attn_dropout: float = 0.0
     resid_dropout: float = 0.0
-    bias: bool = True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster and no worse
+    bias: bool = (
+        True  # biases in Linear and LayerNorm, as GPT-2; False is a bit faster and no worse
+    )
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
@@ -92,7 +93,9 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.attn_dropout = config.attn_dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_attn = nn.Linear(
+            config.n_embd, 3 * config.n_embd, bias=config.bias
+        )  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
@@ -108,8 +111,13 @@ class CausalSelfAttention(nn.Module):
         # mask None: plain causal when there is no cached prefix; a single new query with a prefix
         # may see every key (the model builds an explicit mask for several new queries).
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=mask is None and T == k.size(2))  # (B, H, T, D)
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=mask is None and T == k.size(2),
+        )  # (B, H, T, D)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -147,13 +155,15 @@ class GPT2(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.embd_dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
-        ))
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.embd_dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
+            )
+        )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         self.apply(self._init_weights)
@@ -175,41 +185,72 @@ class GPT2(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def new_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
         """A KV cache for ``max_len`` positions, on the model's device and dtype by default."""
         if max_len > self.config.block_size:
-            raise ConfigError(f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}")
+            raise ConfigError(
+                f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}"
+            )
         p = self.lm_head.weight
         C, H = self.config.n_embd, self.config.n_head
-        return KVCache(self.config.n_layer, batch_size, H, max_len, C // H,
-                       device=p.device if device is None else device, dtype=p.dtype if dtype is None else dtype)
+        return KVCache(
+            self.config.n_layer,
+            batch_size,
+            H,
+            max_len,
+            C // H,
+            device=p.device if device is None else device,
+            dtype=p.dtype if dtype is None else dtype,
+        )
 
-    def hidden_states(self, idx: Tensor, pos: Tensor | None = None, mask: Tensor | None = None,
-                      cache: KVCache | None = None) -> Tensor:
+    def hidden_states(
+        self,
+        idx: Tensor,
+        pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """(B, T) token ids -> (B, T, n_embd) final hidden states, after ln_f."""
         B, T = idx.shape
         past = 0 if cache is None else cache.length
         if past + T > self.config.block_size:
-            raise ConfigError(f"sequence of {T} tokens after {past} cached ones ({past + T} positions) "
-                              f"exceeds block_size {self.config.block_size}")
+            raise ConfigError(
+                f"sequence of {T} tokens after {past} cached ones ({past + T} positions) "
+                f"exceeds block_size {self.config.block_size}"
+            )
         if pos is None:
             pos = torch.arange(past, past + T, device=idx.device)[None]  # (1, T)
         if mask is None and past and T > 1:  # several new queries after a cached prefix
             S = past + T
-            mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)[None, None]
+            mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)[
+                None, None
+            ]
         elif mask is not None and mask.size(-1) != past + T:
-            raise ValueError(f"mask covers {mask.size(-1)} keys, expected {past + T} "
-                             f"({past} cached + {T} new)")
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+            raise ValueError(
+                f"mask covers {mask.size(-1)} keys, expected {past + T} ({past} cached + {T} new)"
+            )
+        x = self.transformer.drop(
+            self.transformer.wte(idx) + self.transformer.wpe(pos)
+        )  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, mask, cache, layer)
         if cache is not None:
             cache.advance(T)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: Tensor, pos: Tensor | None = None, mask: Tensor | None = None,
-                cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        idx: Tensor,
+        pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits."""
         return self.lm_head(self.hidden_states(idx, pos, mask, cache))
 

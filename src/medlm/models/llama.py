@@ -34,7 +34,12 @@ from medlm.utils.checks import (
 
 # ----------------------------------------------------------------------------- config
 
-_ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+_ROPE_SCALING_KEYS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
 
 
 @dataclass
@@ -70,8 +75,10 @@ class RopeScaling:
             raise ConfigError(f"model.rope_scaling.rope_type: {rope_type!r} is not 'llama3'")
         unknown = sorted(set(values) - set(_ROPE_SCALING_KEYS))
         if unknown:
-            raise ConfigError(f"model.rope_scaling.{unknown[0]}: not a Llama 3 rope scaling key "
-                              f"(expected {', '.join(_ROPE_SCALING_KEYS)})")
+            raise ConfigError(
+                f"model.rope_scaling.{unknown[0]}: not a Llama 3 rope scaling key "
+                f"(expected {', '.join(_ROPE_SCALING_KEYS)})"
+            )
         for key in _ROPE_SCALING_KEYS:
             if key not in values:
                 raise ConfigError(f"model.rope_scaling.{key}: missing")
@@ -167,6 +174,7 @@ class LlamaConfig:
 
 # ----------------------------------------------------------------------------- blocks
 
+
 class RMSNorm(nn.Module):
     """x / rms(x) * weight, computed in float32 (as Meta and Hugging Face do) for bf16 stability."""
 
@@ -190,7 +198,9 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = 
     low_freq_wavelen = old_len / scaling.low_freq_factor  # longer waves than this: slowed by factor
     high_freq_wavelen = old_len / scaling.high_freq_factor  # shorter waves than this: kept
     wavelen = 2 * math.pi / inv_freq
-    smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
     blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
     scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, blended)
     return torch.where(wavelen < high_freq_wavelen, inv_freq, scaled)
@@ -212,7 +222,11 @@ class Attention(nn.Module):
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = (
+            config.n_head,
+            config.n_kv_head,
+            config.head_dim,
+        )
         C, H, H_kv, D = config.n_embd, config.n_head, config.n_kv_head, config.head_dim
         self.wq = nn.Linear(C, H * D, bias=False)
         self.wk = nn.Linear(C, H_kv * D, bias=False)
@@ -221,7 +235,9 @@ class Attention(nn.Module):
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
@@ -233,9 +249,14 @@ class Attention(nn.Module):
         # Without a mask, the queries are the last T of S keys: plain causal when S == T, and a single
         # new token (T == 1) sees every key. The model passes a mask for the other cases.
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
             is_causal=mask is None and T == k.size(2) and T > 1,
-            enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, D)
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
         return self.resid_dropout(self.wo(y))
 
@@ -262,12 +283,15 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.n_embd, config.norm_eps)
         self.feed_forward = FeedForward(config)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+    ) -> Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
 # ----------------------------------------------------------------------------- model
+
 
 class Llama(nn.Module):
     """Token embeddings, ``n_layer`` pre-norm blocks, a final RMSNorm and the (tied or untied) output."""
@@ -293,7 +317,11 @@ class Llama(nn.Module):
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters (a tied output layer once); ``non_embedding`` as in LlamaConfig.num_params."""
         n = sum(p.numel() for p in self.parameters())
-        return n - self.tok_embeddings.weight.numel() if non_embedding and not self.config.tie_embeddings else n
+        return (
+            n - self.tok_embeddings.weight.numel()
+            if non_embedding and not self.config.tie_embeddings
+            else n
+        )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -311,23 +339,36 @@ class Llama(nn.Module):
         angles = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, D)
         return angles.cos(), angles.sin()
 
-    def hidden_states(self, idx: Tensor, pos: Tensor | None = None, mask: Tensor | None = None,
-                      cache: KVCache | None = None) -> Tensor:
+    def hidden_states(
+        self,
+        idx: Tensor,
+        pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """(B, T) token ids -> (B, T, n_embd) after the final norm; arguments as in ``forward``."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
-            raise ConfigError(f"sequence of {T} tokens after {start} cached ones ({start + T} positions) "
-                              f"exceeds block_size {self.config.block_size}")
+            raise ConfigError(
+                f"sequence of {T} tokens after {start} cached ones ({start + T} positions) "
+                f"exceeds block_size {self.config.block_size}"
+            )
         if mask is not None and mask.size(-1) != start + T:
-            raise ValueError(f"mask covers {mask.size(-1)} keys, expected {start + T} ({start} cached + {T} new)")
+            raise ValueError(
+                f"mask covers {mask.size(-1)} keys, expected {start + T} ({start} cached + {T} new)"
+            )
         if pos is None:
             pos = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T)
         elif pos.dim() == 1:
             pos = pos.expand(B, T)
-        if mask is None and start > 0 and T > 1:  # several new tokens after a filled cache: causal, shifted
+        if (
+            mask is None and start > 0 and T > 1
+        ):  # several new tokens after a filled cache: causal, shifted
             q_pos = torch.arange(start, start + T, device=idx.device)[:, None]  # (T, 1)
-            mask = (torch.arange(start + T, device=idx.device)[None, :] <= q_pos)[None, None]  # (1, 1, T, S)
+            mask = (torch.arange(start + T, device=idx.device)[None, :] <= q_pos)[
+                None, None
+            ]  # (1, 1, T, S)
         cos, sin = self._rope_angles(pos)
         x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
         for layer in self.layers:
@@ -336,22 +377,41 @@ class Llama(nn.Module):
             cache.advance(T)
         return self.norm(x)
 
-    def forward(self, idx: Tensor, pos: Tensor | None = None, mask: Tensor | None = None,
-                cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self,
+        idx: Tensor,
+        pos: Tensor | None = None,
+        mask: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits. ``pos`` (B, T) positions (default 0..T-1 after
         the cache), ``mask`` (B, 1, T, S) bool, True where a query may attend a key (default causal),
         ``cache`` a KVCache from ``new_cache`` that this call fills and advances."""
         return self.output(self.hidden_states(idx, pos, mask, cache))  # (B, T, vocab)
 
-    def new_cache(self, batch_size: int, max_len: int, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
         """An empty KVCache for this model's layers and heads, on its device and dtype by default."""
         if max_len > self.config.block_size:
-            raise ConfigError(f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}")
+            raise ConfigError(
+                f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}"
+            )
         w = self.tok_embeddings.weight
         c = self.config
-        return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len, c.head_dim,
-                       device=w.device if device is None else device, dtype=w.dtype if dtype is None else dtype)
+        return KVCache(
+            c.n_layer,
+            batch_size,
+            c.n_kv_head,
+            max_len,
+            c.head_dim,
+            device=w.device if device is None else device,
+            dtype=w.dtype if dtype is None else dtype,
+        )
 
     # ------------------------------------------------------------------------- checkpoints
     # The conversions are medlm.models.convert_llama's (it imports this module).

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -35,15 +36,22 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         self.targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
-        self.modules_to_save = [self.modules_to_save] if isinstance(self.modules_to_save, str) \
+        self.modules_to_save = (
+            [self.modules_to_save]
+            if isinstance(self.modules_to_save, str)
             else list(self.modules_to_save or [])
+        )
         if not self.targets:
-            raise ConfigError("lora.targets: name at least one module to adapt (e.g. [c_attn, c_proj])")
+            raise ConfigError(
+                "lora.targets: name at least one module to adapt (e.g. [c_attn, c_proj])"
+            )
         for p in self.targets + self.modules_to_save:
             try:
                 re.compile(p)
             except re.error as err:
-                raise ConfigError(f"lora module pattern {p!r} is not a valid regular expression: {err}") from None
+                raise ConfigError(
+                    f"lora module pattern {p!r} is not a valid regular expression: {err}"
+                ) from None
         check_positive_int(self.r, "lora.r")
         check_positive_number(self.alpha, "lora.alpha")
         check_probability(self.dropout, "lora.dropout")
@@ -64,8 +72,12 @@ class LoRALinear(nn.Module):
         self.r, self.alpha, self.scale = r, alpha, alpha / r
         w = base_layer.weight
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=w.device, dtype=w.dtype)
-        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=w.device, dtype=w.dtype)
+        self.lora_A = nn.Linear(
+            base_layer.in_features, r, bias=False, device=w.device, dtype=w.dtype
+        )
+        self.lora_B = nn.Linear(
+            r, base_layer.out_features, bias=False, device=w.device, dtype=w.dtype
+        )
         self.merged = False
         self.reset_lora_parameters()
 
@@ -121,7 +133,9 @@ class LoRALinear(nn.Module):
 
 def _matches(name: str, pattern: str) -> bool:
     """PEFT's rule for a list of names (``name`` is the pattern or ends in ``.pattern``), or a regex."""
-    return name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name) is not None
+    return (
+        name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name) is not None
+    )
 
 
 def _matching_modules(model: nn.Module, patterns: list[str]) -> list[str]:
@@ -132,9 +146,14 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def apply_lora(model: nn.Module, targets: Iterable[str] | str = ("c_attn", "c_proj"), r: int = 8,
-               alpha: float = 32.0, dropout: float = 0.1,
-               modules_to_save: Iterable[str] | str = ()) -> nn.Module:
+def apply_lora(
+    model: nn.Module,
+    targets: Iterable[str] | str = ("c_attn", "c_proj"),
+    r: int = 8,
+    alpha: float = 32.0,
+    dropout: float = 0.1,
+    modules_to_save: Iterable[str] | str = (),
+) -> nn.Module:
     """Wrap every ``nn.Linear`` whose name matches a pattern of ``targets`` in :class:`LoRALinear`.
 
     A pattern matches a module whose name is the pattern or ends with ``.<pattern>`` (``"c_proj"``
@@ -143,7 +162,9 @@ def apply_lora(model: nn.Module, targets: Iterable[str] | str = ("c_attn", "c_pr
     ``modules_to_save`` (e.g. ``"score"``, a freshly initialised head) stay trainable. In place;
     returns ``model``.
     """
-    cfg = LoRAConfig(targets=targets, r=r, alpha=alpha, dropout=dropout, modules_to_save=modules_to_save)
+    cfg = LoRAConfig(
+        targets=targets, r=r, alpha=alpha, dropout=dropout, modules_to_save=modules_to_save
+    )
     if lora_layers(model):
         raise ConfigError("apply_lora: the model already has LoRA layers")
     linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
@@ -151,12 +172,16 @@ def apply_lora(model: nn.Module, targets: Iterable[str] | str = ("c_attn", "c_pr
     unused = [p for p in cfg.targets if not any(_matches(n, p) for n in linears)]
     if unused:
         names = sorted({n.split(".")[-1] for n in linears})
-        raise ConfigError(f"lora.targets {unused} match no nn.Linear of {type(model).__name__} "
-                          f"(its linear layers are named {names})")
+        raise ConfigError(
+            f"lora.targets {unused} match no nn.Linear of {type(model).__name__} "
+            f"(its linear layers are named {names})"
+        )
     saved = _matching_modules(model, cfg.modules_to_save)
     unused = [p for p in cfg.modules_to_save if not any(_matches(n, p) for n in saved)]
     if unused:
-        raise ConfigError(f"lora.modules_to_save {unused} match no module of {type(model).__name__}")
+        raise ConfigError(
+            f"lora.modules_to_save {unused} match no module of {type(model).__name__}"
+        )
 
     model.requires_grad_(False)
     for name in chosen:
@@ -175,25 +200,34 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
         raise MedlmError(f"{type(model).__name__} has no LoRA layers (call apply_lora first)")
     cfg = getattr(model, "lora_config", None)
     prefixes = [n + "." for n in _matching_modules(model, cfg.modules_to_save if cfg else [])]
-    return {k: v for k, v in model.state_dict().items()
-            if ".lora_A." in k or ".lora_B." in k or any(k.startswith(p) for p in prefixes)}
+    return {
+        k: v
+        for k, v in model.state_dict().items()
+        if ".lora_A." in k or ".lora_B." in k or any(k.startswith(p) for p in prefixes)
+    }
 
 
-def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "adapter") -> None:
+def load_lora_state_dict(
+    model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "adapter"
+) -> None:
     """Load an adapter saved by :func:`lora_state_dict`; a missing, extra or mis-shaped tensor is named.
 
     Merged layers are unmerged first and merged again after, so that the new adapter replaces the old.
     """
     own = lora_state_dict(model)
     if own.keys() != state_dict.keys():
-        raise MedlmError(f"{source}: adapter tensors do not match the model: missing "
-                         f"{sorted(own.keys() - state_dict.keys())[:5]}, unexpected "
-                         f"{sorted(state_dict.keys() - own.keys())[:5]}")
+        raise MedlmError(
+            f"{source}: adapter tensors do not match the model: missing "
+            f"{sorted(own.keys() - state_dict.keys())[:5]}, unexpected "
+            f"{sorted(state_dict.keys() - own.keys())[:5]}"
+        )
     wrong = [k for k in own if state_dict[k].shape != own[k].shape]
     if wrong:
         k = wrong[0]
-        raise MedlmError(f"{source}: tensor {k} has shape {tuple(state_dict[k].shape)}, the model "
-                         f"expects {tuple(own[k].shape)}")
+        raise MedlmError(
+            f"{source}: tensor {k} has shape {tuple(state_dict[k].shape)}, the model "
+            f"expects {tuple(own[k].shape)}"
+        )
     merged = [m for m in lora_layers(model).values() if m.merged]
     for m in merged:
         m.unmerge()
@@ -212,7 +246,9 @@ def merge_lora(model: nn.Module, unwrap: bool = False) -> nn.Module:
         layer.merge()
         if unwrap:
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, layer.base_layer)
+            setattr(
+                model.get_submodule(parent_name) if parent_name else model, child, layer.base_layer
+            )
     if unwrap and hasattr(model, "lora_config"):
         del model.lora_config
     return model
@@ -232,8 +268,10 @@ class ParameterSummary(NamedTuple):
     share: float  # trainable / total, in [0, 1]
 
     def __str__(self) -> str:
-        return (f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
-                f"trainable%: {100 * self.share:.4f}")
+        return (
+            f"trainable params: {self.trainable:,} || all params: {self.total:,} || "
+            f"trainable%: {100 * self.share:.4f}"
+        )
 
 
 def trainable_parameter_summary(model: nn.Module) -> ParameterSummary:

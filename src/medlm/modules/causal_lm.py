@@ -6,7 +6,8 @@ medlm causal LM (GPT-2, Llama; pretraining, fine-tuning, instruction tuning) tra
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,12 @@ IGNORE_INDEX = -100
 
 
 class CausalLM(OptimizedModule):
-    def __init__(self, net: nn.Module, optimizer: Callable[..., Optimizer],
-                 scheduler: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
         super().__init__(net, optimizer, scheduler)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
@@ -33,14 +38,20 @@ class CausalLM(OptimizedModule):
         """Logits (B, T, vocab); packed examples (``doc_ids``) attend only within themselves."""
         if doc_ids is None:
             return self.net(input_ids)
-        return self.net(input_ids, pos=document_positions(doc_ids), mask=document_causal_mask(doc_ids))
+        return self.net(
+            input_ids, pos=document_positions(doc_ids), mask=document_causal_mask(doc_ids)
+        )
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Mean next-token cross-entropy over the labelled tokens, and how many there were."""
         logits = self(batch["input_ids"], batch.get("doc_ids"))
         labels = batch["labels"]
-        total = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
-                                ignore_index=IGNORE_INDEX, reduction="sum")
+        total = F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
         n_tokens = (labels != IGNORE_INDEX).sum()
         return total / n_tokens.clamp(min=1), n_tokens
 

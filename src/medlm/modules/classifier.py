@@ -8,15 +8,24 @@ for the :class:`~medlm.callbacks.confusion_matrix.ConfusionMatrixPlot` callback 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall,
-                                         ConfusionMatrix, MulticlassAccuracy, MulticlassF1Score,
-                                         MulticlassPrecision, MulticlassRecall)
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryF1Score,
+    BinaryPrecision,
+    BinaryRecall,
+    ConfusionMatrix,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
 
 from medlm.errors import ConfigError
 from medlm.models.classifier import SequenceClassifier
@@ -30,31 +39,58 @@ def classification_metrics(num_labels: int) -> MetricCollection:
     """Accuracy, F1, precision and recall of predicted labels: binary (label 1 positive) for two
     labels, else accuracy over all examples and the other three macro-averaged over labels."""
     if num_labels == 2:
-        return MetricCollection({"acc": BinaryAccuracy(), "f1": BinaryF1Score(), "precision": BinaryPrecision(),
-                                 "recall": BinaryRecall()})
+        return MetricCollection(
+            {
+                "acc": BinaryAccuracy(),
+                "f1": BinaryF1Score(),
+                "precision": BinaryPrecision(),
+                "recall": BinaryRecall(),
+            }
+        )
     macro = {"num_classes": num_labels, "average": "macro"}
-    return MetricCollection({"acc": MulticlassAccuracy(num_labels, average="micro"), "f1": MulticlassF1Score(**macro),
-                             "precision": MulticlassPrecision(**macro), "recall": MulticlassRecall(**macro)})
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_labels, average="micro"),
+            "f1": MulticlassF1Score(**macro),
+            "precision": MulticlassPrecision(**macro),
+            "recall": MulticlassRecall(**macro),
+        }
+    )
 
 
 class SequenceClassification(OptimizedModule):
-    def __init__(self, net: SequenceClassifier, optimizer: Callable[..., Optimizer] | None = None,
-                 scheduler: Callable[..., Any] | None = None, label_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        net: SequenceClassifier,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        label_names: Sequence[str] | None = None,
+    ) -> None:
         """``optimizer`` may be None where the module only scores (medlm-eval)."""
         super().__init__(net, optimizer, scheduler)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         num_labels = getattr(net, "num_labels", None)
         if not isinstance(num_labels, int) or num_labels < 2:
-            raise ConfigError(f"model: {type(net).__name__} is not a sequence classifier with 2 or more "
-                              f"labels (num_labels={num_labels!r})")
+            raise ConfigError(
+                f"model: {type(net).__name__} is not a sequence classifier with 2 or more "
+                f"labels (num_labels={num_labels!r})"
+            )
         if label_names is not None and len(label_names) != num_labels:
-            raise ConfigError(f"module.label_names: {len(label_names)} names for {num_labels} labels")
-        self.label_names = [str(n) for n in label_names] if label_names else [str(i) for i in range(num_labels)]
+            raise ConfigError(
+                f"module.label_names: {len(label_names)} names for {num_labels} labels"
+            )
+        self.label_names = (
+            [str(n) for n in label_names] if label_names else [str(i) for i in range(num_labels)]
+        )
         self.train_acc = classification_metrics(num_labels)["acc"]
         self.losses = nn.ModuleDict({s: MeanMetric() for s in STAGES})
-        self.metrics = nn.ModuleDict({s: classification_metrics(num_labels).clone(prefix=f"{s}/") for s in STAGES})
+        self.metrics = nn.ModuleDict(
+            {s: classification_metrics(num_labels).clone(prefix=f"{s}/") for s in STAGES}
+        )
         task = "binary" if num_labels == 2 else "multiclass"
-        self.confusion = nn.ModuleDict({s: ConfusionMatrix(task=task, num_classes=num_labels) for s in STAGES})
+        self.confusion = nn.ModuleDict(
+            {s: ConfusionMatrix(task=task, num_classes=num_labels) for s in STAGES}
+        )
         # stage -> (true x predicted counts, when: "epoch003_step000456" or "step000456"), for the plot
         self.confusion_matrices: dict[str, tuple[Tensor, str]] = {}
 
@@ -104,8 +140,11 @@ class SequenceClassification(OptimizedModule):
             return
         results, matrix = self.compute_stage(stage)
         self.log_dict(results, prog_bar=stage == "val")
-        when = f"step{self.global_step:06d}" if stage == "test" else \
-            f"epoch{self.current_epoch:03d}_step{self.global_step:06d}"
+        when = (
+            f"step{self.global_step:06d}"
+            if stage == "test"
+            else f"epoch{self.current_epoch:03d}_step{self.global_step:06d}"
+        )
         self.confusion_matrices[stage] = (matrix.cpu(), when)
 
     def on_validation_epoch_end(self) -> None:
@@ -119,5 +158,10 @@ class SequenceClassification(OptimizedModule):
         summary = trainable_parameter_summary(self.net)
         self.print(f"{type(self.net).__name__}: {summary}")
         for logger in self.loggers:
-            logger.log_hyperparams({"trainable_params": summary.trainable, "total_params": summary.total,
-                                    "trainable_percent": round(100 * summary.share, 4)})
+            logger.log_hyperparams(
+                {
+                    "trainable_params": summary.trainable,
+                    "total_params": summary.total,
+                    "trainable_percent": round(100 * summary.share, 4),
+                }
+            )

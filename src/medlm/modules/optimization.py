@@ -8,8 +8,9 @@ in lightning-hydra-template); they are rebuilt from the config, never pickled in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import lightning.pytorch as L
 import torch
@@ -25,8 +26,12 @@ class OptimizedModule(L.LightningModule):
     on CUDA, a schedule stepped per optimizer step, and clipping that works for fused AdamW too.
     Checkpoints carry ``NETWORK_KEY``, so that ``load_network`` rebuilds the network from the file."""
 
-    def __init__(self, net: nn.Module, optimizer: Callable[..., Optimizer] | None = None,
-                 scheduler: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
         super().__init__()
         self.net = net
         self.optimizer_factory = optimizer
@@ -37,23 +42,38 @@ class OptimizedModule(L.LightningModule):
             raise ConfigError("optim: no optimizer configured for training")
         params = [p for p in self.net.parameters() if p.requires_grad]
         # weight decay on matrices and embeddings only, never on biases and norm gains
-        groups = [{"params": [p for p in params if p.dim() >= 2]},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
         factory = self.optimizer_factory
-        if isinstance(factory, partial) and "fused" in factory.keywords and factory.keywords["fused"] is None:
+        if (
+            isinstance(factory, partial)
+            and "fused" in factory.keywords
+            and factory.keywords["fused"] is None
+        ):
             factory = partial(factory, fused=self.device.type == "cuda")
         optimizer = factory(groups)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         total_steps = self.trainer.estimated_stepping_batches
         if not math.isfinite(total_steps):
-            raise ConfigError("trainer.max_epochs / trainer.max_steps: the run has no end, so the "
-                              "learning-rate schedule cannot be laid out; set one of them")
+            raise ConfigError(
+                "trainer.max_epochs / trainer.max_steps: the run has no end, so the "
+                "learning-rate schedule cannot be laid out; set one of them"
+            )
         scheduler = self.scheduler_factory(optimizer, total_steps=int(total_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
-    def configure_gradient_clipping(self, optimizer: Optimizer, gradient_clip_val: float | None = None,
-                                    gradient_clip_algorithm: str | None = None) -> None:
+    def configure_gradient_clipping(
+        self,
+        optimizer: Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
         """Clip fused AdamW's gradients under bf16 too.
 
         Lightning refuses to clip for an optimizer that unscales gradients itself (fused AdamW),
@@ -70,4 +90,6 @@ class OptimizedModule(L.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[NETWORK_KEY] = network_spec(self.net)  # evaluation, generation, export rebuild it
+        checkpoint[NETWORK_KEY] = network_spec(
+            self.net
+        )  # evaluation, generation, export rebuild it

@@ -23,15 +23,23 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_number(value: Any, key: str, kind: type | tuple[type, ...], low: float, low_ok: bool = True,
-                 high: float | None = None) -> None:
+def check_number(
+    value: Any,
+    key: str,
+    kind: type | tuple[type, ...],
+    low: float,
+    low_ok: bool = True,
+    high: float | None = None,
+) -> None:
     """``value`` is a ``kind`` (not a bool) within [low or (low, high): else a ConfigError naming ``key``."""
     ok = isinstance(value, kind) and not isinstance(value, bool)
     if ok:
         ok = (value >= low if low_ok else value > low) and (high is None or value < high)
     if not ok:
         bound = f"{'>=' if low_ok else '>'} {low}" + (f" and < {high}" if high is not None else "")
-        raise ConfigError(f"{key} must be a{'n integer' if kind is int else ' number'} {bound}, got {value!r}")
+        raise ConfigError(
+            f"{key} must be a{'n integer' if kind is int else ' number'} {bound}, got {value!r}"
+        )
 
 
 def check_positive_int(value: Any, key: str) -> None:
@@ -65,4 +73,6 @@ def template_fields(template: str, key: str) -> set[str]:
     try:
         return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as err:
-        raise ConfigError(f"{key}: {err} in {template!r} (write literal braces as {{{{ and }}}})") from None
+        raise ConfigError(
+            f"{key}: {err} in {template!r} (write literal braces as {{{{ and }}}})"
+        ) from None

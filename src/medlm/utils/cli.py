@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, NoReturn
 
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -41,8 +42,12 @@ def find_user_error(exc: BaseException) -> MedlmError | None:
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, MedlmError):
             return exc
-        if isinstance(exc, MissingMandatoryValue):  # a ??? in a config that the user did not fill in
-            return ConfigError(f"{exc.full_key}: no value given; set it on the command line ({exc.full_key}=...)")
+        if isinstance(
+            exc, MissingMandatoryValue
+        ):  # a ??? in a config that the user did not fill in
+            return ConfigError(
+                f"{exc.full_key}: no value given; set it on the command line ({exc.full_key}=...)"
+            )
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
@@ -75,10 +80,18 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def _one_line(text: str) -> str:
     """Hydra's message on one line: its lines joined, without the config-search and debugging hints."""
-    noise = ("full_key:", "object_type=", "reference_type=", "Config search path", "provider=", "Set the "
-             "environment variable HYDRA_FULL_ERROR")
+    noise = (
+        "full_key:",
+        "object_type=",
+        "reference_type=",
+        "Config search path",
+        "provider=",
+        "Set the environment variable HYDRA_FULL_ERROR",
+    )
     lines = [line.strip() for line in text.splitlines()]
-    return "; ".join(line for line in lines if line and not line.startswith(noise)).replace(":;", ":")
+    return "; ".join(line for line in lines if line and not line.startswith(noise)).replace(
+        ":;", ":"
+    )
 
 
 def run_hydra(hydra_main: Callable[[], Any]) -> Any:
@@ -91,8 +104,12 @@ def run_hydra(hydra_main: Callable[[], Any]) -> Any:
     try:
         return hydra_main()
     except HydraException as err:
-        bad_call = isinstance(err, InstantiationException) and not isinstance(err.__cause__, (TypeError, type(None)))
-        if bad_call:  # an error inside a constructor: a bug or a user error that is not a MedlmError
+        bad_call = isinstance(err, InstantiationException) and not isinstance(
+            err.__cause__, (TypeError, type(None))
+        )
+        if (
+            bad_call
+        ):  # an error inside a constructor: a bug or a user error that is not a MedlmError
             raise
         print(f"error: {_one_line(str(err))}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)

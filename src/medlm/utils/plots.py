@@ -3,8 +3,8 @@ only when a figure is drawn, and saved through an atomic rename."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from medlm.utils.io import atomic_path, atomic_write
 
@@ -15,8 +15,9 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     return path
 
 
-def write_confusion_matrix(counts: Sequence[Sequence[int]], label_names: Sequence[str], stem: Path,
-                           title: str) -> list[Path]:
+def write_confusion_matrix(
+    counts: Sequence[Sequence[int]], label_names: Sequence[str], stem: Path, title: str
+) -> list[Path]:
     """``stem``.csv (rows: true label, columns: predicted) and ``stem``.png, a heat map with the counts."""
     from matplotlib.figure import Figure
 
@@ -33,7 +34,9 @@ def write_confusion_matrix(counts: Sequence[Sequence[int]], label_names: Sequenc
     ax.imshow(counts, cmap="Blues", vmin=0, vmax=top)
     for i, row in enumerate(counts):
         for j, c in enumerate(row):
-            ax.text(j, i, str(c), ha="center", va="center", color="white" if c > top / 2 else "black")
+            ax.text(
+                j, i, str(c), ha="center", va="center", color="white" if c > top / 2 else "black"
+            )
     ax.set_xticks(range(n), label_names)
     ax.set_yticks(range(n), label_names)
     ax.set_xlabel("predicted")

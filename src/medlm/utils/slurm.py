@@ -15,9 +15,10 @@ import os
 import re
 import signal
 import subprocess
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, ContextManager
 
 from omegaconf import OmegaConf
 

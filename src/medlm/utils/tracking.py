@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -26,7 +27,9 @@ def mlflow_loggers(loggers: Iterable[Logger]) -> list[MLFlowLogger]:
     return [lg for lg in loggers if isinstance(lg, MLFlowLogger)]
 
 
-def log_artifact(loggers: Iterable[Logger], path: str | Path, artifact_dir: str | None = None) -> None:
+def log_artifact(
+    loggers: Iterable[Logger], path: str | Path, artifact_dir: str | None = None
+) -> None:
     """Upload a file to every MLflow run this trainer logs to."""
     for lg in mlflow_loggers(loggers):
         lg.experiment.log_artifact(lg.run_id, str(path), artifact_dir)
@@ -42,7 +45,9 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
                 walk(value, f"{prefix}.{key}" if prefix else str(key))
         else:
             text = str(node)
-            flat[prefix] = text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+            flat[prefix] = (
+                text if len(text) <= MAX_PARAM_LENGTH else text[: MAX_PARAM_LENGTH - 3] + "..."
+            )
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return flat
@@ -51,10 +56,21 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
 def git_commit(repo: str | Path) -> str:
     """The commit of the checkout holding ``repo`` (the medlm code that ran), '-dirty' when it had changes."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                             check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -87,9 +103,14 @@ def record_run(loggers: Iterable[Logger], cfg: DictConfig, output_dir: Path, res
     overrides_file = output_dir / "overrides.yaml"
     with atomic_write(overrides_file) as f:
         f.write(OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))))
-    tags = {"git_commit": git_commit(Path(__file__).parent), "hydra_job_name": hydra_cfg.job.name,
-            "hydra_job_num": str(hydra_cfg.job.get("num", 0)), "output_dir": str(output_dir),
-            "task_name": cfg.task_name, **{f"tag.{t}": "true" for t in cfg.get("tags") or []}}
+    tags = {
+        "git_commit": git_commit(Path(__file__).parent),
+        "hydra_job_name": hydra_cfg.job.name,
+        "hydra_job_num": str(hydra_cfg.job.get("num", 0)),
+        "output_dir": str(output_dir),
+        "task_name": cfg.task_name,
+        **{f"tag.{t}": "true" for t in cfg.get("tags") or []},
+    }
     if hydra_cfg.mode == RunMode.MULTIRUN:
         tags["sweep_dir"] = str(Path(hydra_cfg.sweep.dir).resolve())
     for lg in mlflow_loggers(loggers):
