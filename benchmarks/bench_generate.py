@@ -1,4 +1,5 @@
-"""Generation speed: medlm's ``generate`` with its KV cache, without it, and transformers' ``generate``.
+"""Generation speed: medlm's ``generate`` with its KV cache, without it, and transformers'
+``generate``.
 
 Both libraries run the same weights: a GPT-2 124M-shaped model (and a Llama of similar size) with
 random weights, built offline by transformers, saved and loaded into medlm. Same prompts, greedy,
@@ -8,7 +9,8 @@ three ways alternating so that a busy machine slows them alike; the greedy token
 and transformers are compared too.
 
     .venv/bin/python benchmarks/bench_generate.py                  # both models, 128 new tokens
-    .venv/bin/python benchmarks/bench_generate.py --threads 1 --repeats 5 --models gpt2 --batch-size 4
+    .venv/bin/python benchmarks/bench_generate.py --threads 1 --repeats 5 --models gpt2
+    --batch-size 4
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from medlm.models.gpt2 import GPT2
 from medlm.models.llama import Llama
 
 PROMPT = (
-    "Question: Do preoperative statins reduce atrial fibrillation after coronary artery bypass grafting? "
-    "Context: Atrial fibrillation is a common complication after cardiac surgery and prolongs hospital stay."
+    "Question: Do preoperative statins reduce atrial fibrillation after coronary artery bypass "
+    "grafting? "
+    "Context: Atrial fibrillation is a common complication after cardiac surgery and prolongs "
+    "hospital stay."
 )
 
 
@@ -140,8 +144,10 @@ def main() -> None:
     import transformers
 
     print(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} thread(s), "
-        f"batch {args.batch_size}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, greedy, "
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} "
+        "thread(s), "
+        f"batch {args.batch_size}, prompt {args.prompt_tokens} tokens, {args.new_tokens} new "
+        "tokens, greedy, "
         f"float32, median of {args.repeats}"
     )
     rows = []
@@ -156,7 +162,8 @@ def main() -> None:
             print(f"| {label} | {way} | {tok_s:.1f} | {tok_s / ref:.2f}x |")
     for r in rows:
         print(
-            f"{r['model']}: greedy tokens of medlm (cache) and transformers identical: {r['same_tokens']}; "
+            f"{r['model']}: greedy tokens of medlm (cache) and transformers identical: "
+            f"{r['same_tokens']}; "
             f"medlm cache == no cache: {r['cache_equals_no_cache']}"
         )
 

@@ -59,11 +59,11 @@ def tokenising(texts: list[str], sources: list[str], repeats: int, workers: int)
     t, _ = best_of(lambda: [enc.encode_ordinary(x) for x in texts], repeats)
     rows.append(("tiktoken encode_ordinary, one by one", 1, t))
     for threads in sorted({1, workers}):
-        t, _ = best_of(lambda: enc.encode_ordinary_batch(texts, num_threads=threads), repeats)
+        t, _ = best_of(lambda n=threads: enc.encode_ordinary_batch(texts, num_threads=n), repeats)
         rows.append(("tiktoken encode_ordinary_batch", threads, t))
     for w in sorted({1, workers}):
 
-        def medlm_tokens() -> int:
+        def medlm_tokens(w: int = w) -> int:
             return sum(len(a) for a, _ in encoded_chunks(chunks(iter(texts), 1 << 18), tok, w))
 
         t, got = best_of(medlm_tokens, repeats)
@@ -71,7 +71,7 @@ def tokenising(texts: list[str], sources: list[str], repeats: int, workers: int)
         rows.append(("medlm shard tokenising (workers, in memory)", w, t))
     for w in sorted({1, workers}):
 
-        def prepare() -> None:
+        def prepare(w: int = w) -> None:
             with tempfile.TemporaryDirectory() as out:
                 prepare_shards(
                     sources, out, shard_tokens=max(1, n_tokens // 8), workers=w, progress=False

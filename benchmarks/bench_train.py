@@ -5,7 +5,8 @@ batch, AdamW param groups, warm-up/cosine schedule and gradient clipping. Each i
 same steps after a warm-up, alternating runs; the median of the repeats is reported.
 
     make bench                                   # gpt2_tiny, block 128, batch 16, CPU
-    .venv/bin/python benchmarks/bench_train.py --steps 40 --repeats 3 --device cuda --precision bf16-mixed
+    .venv/bin/python benchmarks/bench_train.py --steps 40 --repeats 3 --device cuda --precision
+    bf16-mixed
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Compose medlm's Hydra configs in-process, as ``medlm-train`` would, inside a temporary project dir."""
+"""Compose medlm's Hydra configs in-process, as ``medlm-train`` would, inside a temporary project
+dir."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ def compose_train(
     cache_dir: Path | None = None,
     config_name: str = "train",
 ) -> DictConfig:
-    """The ``train`` config (or ``config_name``) with ``root`` as the project dir (mlruns/, logs/ go there).
+    """The ``train`` config (or ``config_name``) with ``root`` as the project dir (mlruns/, logs/
+    go there).
 
     MLflow's ``set_tracking_uri`` exports MLFLOW_TRACKING_URI into this process, which would send
     every later run of the test process to the first run's store: it is cleared here.

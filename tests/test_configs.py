@@ -1,4 +1,5 @@
-"""Every file under conf/ composes, and every experiment runs one batch of everything (fast_dev_run).
+"""Every file under conf/ composes, and every experiment runs one batch of everything
+(fast_dev_run).
 
 The lists come from the folder, so a new group option or experiment is tested the day it is added;
 an experiment whose data or weights cannot be local here must say how it runs offline in OFFLINE.

@@ -3,7 +3,8 @@ reference code, with text streamed as it is generated and stop strings.
 
     generator = Generator.build("Meta-Llama-3.1-8B/", "Meta-Llama-3.1-8B/tokenizer.model",
                                 max_seq_len=512, max_batch_size=4)
-    generator.text_completion(["The patient was diagnosed with"], max_gen_len=50, temperature=0.7, top_p=0.9)
+    generator.text_completion(["The patient was diagnosed with"], max_gen_len=50, temperature=0.7,
+    top_p=0.9)
     # -> [{"generation": " ..."}]
 
 A source is a medlm training checkpoint, a Hugging Face directory or a Meta directory, and its
@@ -128,11 +129,13 @@ class Generator:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
     ) -> Generator:
-        """Load ``ckpt_dir`` (a Meta or Hugging Face directory, or a medlm ``.ckpt``) and its tokenizer
+        """Load ``ckpt_dir`` (a Meta or Hugging Face directory, or a medlm ``.ckpt``) and its
+        tokenizer
         (``tokenizer_path``; None: the one beside the weights, or the checkpoint's own).
 
         ``max_seq_len`` bounds prompt plus generation (None: the model's context); ``seed`` makes
-        the sequence of sampled completions reproducible. The model goes to ``device`` (default: CUDA
+        the sequence of sampled completions reproducible. The model goes to ``device`` (default:
+        CUDA
         when available) in ``dtype`` (default: bfloat16 on a GPU that has it, else float32).
         """
         try:
@@ -173,7 +176,8 @@ class Generator:
         """Continue each prompt; ``[{"generation": text}]`` in prompt order, as Meta's reference.
 
         ``temperature`` 0 is greedy; ``top_p`` (and ``top_k``) filter what is sampled.
-        ``max_gen_len`` None fills the rest of ``max_seq_len`` after the longest prompt. A row ends at
+        ``max_gen_len`` None fills the rest of ``max_seq_len`` after the longest prompt. A row ends
+        at
         the tokenizer's stop tokens or just before the first of the ``stop`` strings; neither is in
         its text. ``echo`` puts the prompt (as its tokens decode) before the generation.
         ``on_text(row, piece)`` receives each row's text as it is generated, for streaming.
@@ -219,7 +223,8 @@ class Generator:
     def encode_prompts(
         self, prompts: Sequence[str], max_gen_len: int | None
     ) -> tuple[list[list[int]], int]:
-        """The prompts' tokens and the number of tokens to generate (None: what max_seq_len leaves after
+        """The prompts' tokens and the number of tokens to generate (None: what max_seq_len leaves
+        after
         the longest prompt); a prompt that does not fit with them is a ConfigError that names it.
         Checks any number of prompts, e.g. all the batches of a run before the first one starts."""
         if not prompts:

@@ -47,7 +47,8 @@ class LoadedModel:
 
 
 def checkpoint_tokenizer(ckpt: dict[str, Any]) -> Tokenizer:
-    """The tokenizer the checkpoint's DataModule tokenised with (``data.tokenizer``), else GPT-2's."""
+    """The tokenizer the checkpoint's DataModule tokenised with (``data.tokenizer``), else
+    GPT-2's."""
     spec = (ckpt.get("datamodule_hyper_parameters") or {}).get("tokenizer")
     return load_tokenizer(spec if isinstance(spec, str) and spec else "gpt2")
 

@@ -1,4 +1,5 @@
-"""Callbacks that a ``medlm-train`` subprocess loads (``+callbacks.x._target_=tests.cli.ddp_helpers.X``)
+"""Callbacks that a ``medlm-train`` subprocess loads
+(``+callbacks.x._target_=tests.cli.ddp_helpers.X``)
 to report, per rank, what it trained on and what it wrote."""
 
 from __future__ import annotations

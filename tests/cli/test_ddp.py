@@ -1,4 +1,5 @@
-"""DDP for real: ``python -m medlm.cli.train ... trainer.strategy=ddp trainer.devices=2`` on CPU (gloo),
+"""DDP for real: ``python -m medlm.cli.train ... trainer.strategy=ddp trainer.devices=2`` on CPU
+(gloo),
 as a user runs it. Lightning's subprocess launcher starts rank 1 by running the same command again
 (with Hydra's run dir), so the test runs the command line in a subprocess and reads what each rank
 reports through the callbacks of tests/cli/ddp_helpers.py."""
@@ -33,7 +34,8 @@ def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def medlm_train(root: Path, overrides: list[str]) -> None:
-    """``python -m medlm.cli.train`` with ``root`` as the project dir (mlruns/ there, the run in run/)."""
+    """``python -m medlm.cli.train`` with ``root`` as the project dir (mlruns/ there, the run in
+    run/)."""
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])

@@ -221,8 +221,8 @@ def test_question_pairs_scores_the_newest_runs_of_both_arms(arms, monkeypatch, c
     # the default models are the newest runs of the two training experiments in the MLflow store
     assert f"linear_probe: {ckpts['linear_probe']}" in out and f"lora: {ckpts['lora']}" in out
     assert (
-        "| model | acc | f1 | precision | recall | loss | trainable_params | trainable_percent | n |"
-        in out
+        "| model | acc | f1 | precision | recall | loss | trainable_params | trainable_percent | "
+        "n |" in out
     )
     acc = {arm: accuracy(ckpt, pairs) for arm, ckpt in ckpts.items()}
     assert (

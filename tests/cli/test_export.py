@@ -13,14 +13,14 @@ import transformers
 
 from medlm.cli import export as cli
 from medlm.data.tokenizer import load_tokenizer
-
-encode = load_tokenizer("gpt2").encode
 from medlm.loading import load_model
 from medlm.models.classifier import SequenceClassifier
 from medlm.models.generation import generate
 from medlm.models.gpt2 import GPT2
 from medlm.models.llama import Llama, LlamaConfig
 from tests.cli.test_generate import run_main, sharpen, tiny_gpt2, write_medlm_ckpt
+
+encode = load_tokenizer("gpt2").encode
 
 TOL = 1e-4
 IDS = torch.randint(0, 96, (2, 40), generator=torch.Generator().manual_seed(0))

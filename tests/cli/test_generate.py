@@ -1,4 +1,5 @@
-"""medlm-generate and the Generator API: every kind of source, streaming, stop strings, bad input."""
+"""medlm-generate and the Generator API: every kind of source, streaming, stop strings, bad
+input."""
 
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ PROMPT = "The patient was diagnosed with"
 
 
 def sharpen(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Large random weights: varied greedy continuations whose argmax margins float noise cannot flip."""
+    """Large random weights: varied greedy continuations whose argmax margins float noise cannot
+    flip."""
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -44,7 +46,8 @@ def sharpen(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def write_medlm_ckpt(path: Path, net: torch.nn.Module, tokenizer: str | None = "gpt2") -> Path:
-    """A checkpoint as CausalLM writes it: the net under ``net.``, its spec, the DataModule's hparams."""
+    """A checkpoint as CausalLM writes it: the net under ``net.``, its spec, the DataModule's
+    hparams."""
     ckpt = {
         "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
         NETWORK_KEY: network_spec(net),
@@ -101,7 +104,8 @@ def gpt2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def meta_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Meta's layout: params.json, consolidated.00.pth and tokenizer.model (268 ranks + 256 specials)."""
+    """Meta's layout: params.json, consolidated.00.pth and tokenizer.model (268 ranks + 256
+    specials)."""
     d = tmp_path_factory.mktemp("meta")
     write_bpe_file(d / "tokenizer.model")
     params = {

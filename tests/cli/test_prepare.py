@@ -1,4 +1,5 @@
-"""``medlm-prepare``: the medquad subcommand through ``main(argv)`` and once as the installed script."""
+"""``medlm-prepare``: the medquad subcommand through ``main(argv)`` and once as the installed
+script."""
 
 from __future__ import annotations
 

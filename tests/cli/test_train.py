@@ -1,4 +1,5 @@
-"""End-to-end training through the Hydra config tree: experiments, MLflow records, resume, return value."""
+"""End-to-end training through the Hydra config tree: experiments, MLflow records, resume, return
+value."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
-# small batches keep the tests quick: the logits of GPT-2's 50,257-token vocabulary dominate a CPU step
+# small batches keep the tests quick: the logits of GPT-2's 50,257-token vocabulary dominate a CPU
+# step
 SMALL = ["data.batch_size=4", "data.block_size=64", "trainer.enable_progress_bar=false"]
 
 

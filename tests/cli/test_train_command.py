@@ -1,4 +1,5 @@
-"""medlm-train as a user runs it: a sweep from the shell, and each bad input as one clear line with exit 2."""
+"""medlm-train as a user runs it: a sweep from the shell, and each bad input as one clear line with
+exit 2."""
 
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ RECORD = {
     "LONG_ANSWER": "It does.",
     "final_decision": "yes",
 }
+WITHOUT_LONG_ANSWER = {k: v for k, v in RECORD.items() if k != "LONG_ANSWER"}
 
 
 @pytest.mark.parametrize(
@@ -85,9 +87,7 @@ RECORD = {
         ),
         (
             "record missing a field",
-            lambda tmp: [
-                f"data.path={pubmedqa_file(tmp, {'123': {k: v for k, v in RECORD.items() if k != 'LONG_ANSWER'}})}"
-            ],
+            lambda tmp: [f"data.path={pubmedqa_file(tmp, {'123': WITHOUT_LONG_ANSWER})}"],
             "123",
         ),
         (

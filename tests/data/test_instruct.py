@@ -18,22 +18,25 @@ from medlm.data import instruct
 from medlm.data.instruct import InstructionDataModule, split_by_prompt
 from medlm.data.masked_examples import IGNORE_INDEX, fit_examples, pack_best_fit
 from medlm.data.tokenizer import load_tokenizer
-
-GPT2 = load_tokenizer("gpt2")
-GPT2_EOT, encode, decode = GPT2.eot_id, GPT2.encode, GPT2.decode
 from medlm.errors import ConfigError, DataError, MedlmError
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.modules.causal_lm import CausalLM
 
+TOKENIZER = load_tokenizer("gpt2")
+GPT2_EOT, encode, decode = TOKENIZER.eot_id, TOKENIZER.encode, TOKENIZER.decode
+
 # The Stanford Alpaca prompts, written out here rather than imported, so that a change to the
 # template in the code shows up as a failure.
 WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n"
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. "
+    "Write a response that appropriately completes the request.\n\n### "
+    "Instruction:\n{instruction}\n\n"
     "### Input:\n{input}\n\n### Response:\n"
 )
 NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "Below is an instruction that describes a task. Write a response that appropriately completes "
+    "the "
     "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 )
 
@@ -90,7 +93,8 @@ def segments(doc_ids: torch.Tensor) -> list[tuple[int, int, int]]:
 
 
 def check_example(inputs: list[int], labels: list[int], rec: dict) -> None:
-    """One example's positions: the prompt's targets carry -100, the answer's are the answer + eot."""
+    """One example's positions: the prompt's targets carry -100, the answer's are the answer +
+    eot."""
     prompt, answer = encode(expected_prompt(rec)), encode(rec["output"])
     full = prompt + answer + [GPT2_EOT]
     assert inputs == full[:-1]

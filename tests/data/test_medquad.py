@@ -17,9 +17,9 @@ from medlm.data import medquad
 from medlm.data.alpaca import ALPACA_TEMPLATE, format_prompt
 from medlm.data.medquad import convert, format_summary
 from medlm.data.tokenizer import load_tokenizer
+from medlm.errors import ConfigError, DataError
 
 encode = load_tokenizer("gpt2").encode
-from medlm.errors import ConfigError, DataError
 
 SPLIT_FILES = ("train.jsonl", "val.jsonl", "test.jsonl")
 

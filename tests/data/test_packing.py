@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader
 
 from medlm.data.packing import EpochShuffleSampler, PackedBlocks, token_dtype, tokenize_texts
 from medlm.data.tokenizer import load_tokenizer
+from medlm.errors import ConfigError, DataError
 
 GPT2 = load_tokenizer("gpt2")
 GPT2_EOT, encode = GPT2.eot_id, GPT2.encode
-from medlm.errors import ConfigError, DataError
 
 
 def test_tokenize_texts_puts_end_of_text_after_every_record() -> None:

@@ -1,4 +1,5 @@
-"""PubMedQA DataModule: the real PQA-L file, the authors' test split, Hub exports and every bad input."""
+"""PubMedQA DataModule: the real PQA-L file, the authors' test split, Hub exports and every bad
+input."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from medlm.data.pubmedqa import (
 )
 from medlm.data.sources import HubSource, LocalSource
 from medlm.data.tokenizer import load_tokenizer
+from medlm.errors import ConfigError, DataError, MedlmError
 
 GPT2 = load_tokenizer("gpt2")
 GPT2_EOT, encode = GPT2.eot_id, GPT2.encode
-from medlm.errors import ConfigError, DataError, MedlmError
 
 # sha256 of "\n".join(sorted ids) of data/test_ground_truth.json in github.com/pubmedqa/pubmedqa
 AUTHORS_TEST_SHA256 = "406e3b89eff577ed38571eca5a5819734a6f49ac0437d171b6c64e5c3cd195f8"
@@ -282,7 +283,8 @@ def test_exclude_official_test_trains_on_the_other_500(
 
 def test_authors_split_is_stratified_and_balances_the_last_fold() -> None:
     # the authors' 10-fold CV case: 500 records give chunks of 28 yes, 17 no, 6 maybe and a last
-    # fold of 24 + 16 + 1 = 41 ("imbalanced: [51, ..., 41]"), which then takes one from each other fold
+    # fold of 24 + 16 + 1 = 41 ("imbalanced: [51, ..., 41]"), which then takes one from each other
+    # fold
     labels = ["yes"] * 276 + ["no"] * 169 + ["maybe"] * 55
     records = [PubMedQARecord(str(i), "q", ("c",), "a", lab) for i, lab in enumerate(labels)]
     folds = authors_split(records, 10, random.Random(0))
@@ -624,7 +626,8 @@ def test_bad_settings_fail_before_reading_data(kwargs: dict, key: str) -> None:
 
 
 def test_lightning_fit_uses_the_datamodule_and_reshuffles_per_epoch(tmp_path: Path) -> None:
-    """Lightning drives prepare_data/setup/loaders and calls set_epoch, so epoch orders are reproducible."""
+    """Lightning drives prepare_data/setup/loaders and calls set_epoch, so epoch orders are
+    reproducible."""
     import lightning as L
 
     class Recorder(L.LightningModule):

@@ -12,10 +12,10 @@ from medlm.data.question_pairs import (
     read_pairs_csv,
 )
 from medlm.data.tokenizer import load_tokenizer
+from medlm.errors import ConfigError, DataError, MedlmError
 
 GPT2 = load_tokenizer("gpt2")
 GPT2_EOT, encode, decode = GPT2.eot_id, GPT2.encode, GPT2.decode
-from medlm.errors import ConfigError, DataError, MedlmError
 
 
 def _write_csv(path, rows: list[str]) -> str:

@@ -106,7 +106,8 @@ def test_long_runs_are_cut_as_meta_does(
 def test_loading_does_not_touch_the_tiktoken_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A changed file at the same path is read afresh (tiktoken's loader would serve a cached copy)."""
+    """A changed file at the same path is read afresh (tiktoken's loader would serve a cached
+    copy)."""
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(cache))

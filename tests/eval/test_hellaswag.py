@@ -116,7 +116,8 @@ ITEMS = [
         3,
     ),
     (
-        "A woman is outside with a bucket and a dog. The dog is running around trying to avoid a bath."
+        "A woman is outside with a bucket and a dog. The dog is running around trying to avoid a "
+        "bath."
         " she",
         [
             "rinses the bucket off with soap and blow dry the dog's head.",

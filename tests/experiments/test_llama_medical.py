@@ -1,4 +1,5 @@
-"""The llama_medical experiment: composes with every trainer config, runs through medlm.train, records
+"""The llama_medical experiment: composes with every trainer config, runs through medlm.train,
+records
 in MLflow, and its checkpoint generates with medlm-generate and exports to transformers."""
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def test_fast_dev_run(tmp_path: Path, cache_dir: Path) -> None:
 
 @pytest.mark.usefixtures("shared_data_dir")
 def test_pretrained_llama_directory_fine_tunes(tmp_path: Path, cache_dir: Path) -> None:
-    """model=llama_pretrained: a local Hugging Face Llama (tiny, GPT-2 vocabulary) through the same run."""
+    """model=llama_pretrained: a local Hugging Face Llama (tiny, GPT-2 vocabulary) through the same
+    run."""
     import transformers
 
     torch.manual_seed(0)

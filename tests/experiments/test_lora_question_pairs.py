@@ -1,5 +1,6 @@
 """The lora_question_pairs experiment end to end: the recipe, fast_dev_run of both arms, learning on
-real pairs, and checkpoints that export to a PEFT adapter and a merged HF model with the same logits."""
+real pairs, and checkpoints that export to a PEFT adapter and a merged HF model with the same
+logits."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from omegaconf import OmegaConf
 
 from medlm.cli import export as export_cli
 from medlm.cli.train import train
-from medlm.data.question_pairs import collate_pairs
+from medlm.data.classification import collate_pairs
 from medlm.models.checkpoint import load_network
 from medlm.models.convert_classifier import export_classifier
 from tests.helpers import compose_train, mlflow_runs
@@ -23,11 +24,13 @@ SMALL = ["data.batch_size=8", "data.max_length=64", "trainer.enable_progress_bar
 
 
 def write_pairs(path: Path, n_questions: int = 24) -> Path:
-    """A question-pair CSV in Curai's format: each question with one same-meaning and one other rewrite."""
+    """A question-pair CSV in Curai's format: each question with one same-meaning and one other
+    rewrite."""
     rows = []
     for i in range(n_questions):
         rows.append(
-            f'{i % 3},What helps with back pain number {i}?,"How can I ease my back pain, case {i}?",1'
+            f'{i % 3},What helps with back pain number {i}?,"How can I ease my back pain, case '
+            f'{i}?",1'
         )
         rows.append(
             f"{i % 3},What helps with back pain number {i}?,Is a fever of {i} contagious?,0"
@@ -39,7 +42,8 @@ def write_pairs(path: Path, n_questions: int = 24) -> Path:
 def train_arm(
     root: Path, experiment: str, pretrained: Path, data_path: Path | None, *extra: str
 ) -> Path:
-    """Train one arm briefly into ``root/<experiment>`` (MLflow store under ``root``); its best checkpoint."""
+    """Train one arm briefly into ``root/<experiment>`` (MLflow store under ``root``); its best
+    checkpoint."""
     overrides = [
         f"experiment={experiment}",
         f"model.pretrained={pretrained}",
@@ -218,7 +222,8 @@ def test_export_checkpoint_writes_a_peft_adapter_and_a_merged_model(
         got = hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert (got - expected).abs().max() <= TOL
 
-    # the same through the command line (medlm-export hands classifier checkpoints to export_classifier)
+    # the same through the command line (medlm-export hands classifier checkpoints to
+    # export_classifier)
     try:
         export_cli.main([str(lora_ckpt), str(tmp_path / "cli"), "--merged"])
     except SystemExit as exit_:

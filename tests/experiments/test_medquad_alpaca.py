@@ -65,7 +65,8 @@ def test_experiment_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_short_run_lowers_the_answer_token_loss_and_logs_sample_answers(tmp_path: Path) -> None:
     d = learnable_dir(tmp_path)
-    # a smaller model than gpt2_tiny and short blocks: the 50,257-way output layer dominates a CPU step
+    # a smaller model than gpt2_tiny and short blocks: the 50,257-way output layer dominates a CPU
+    # step
     cfg = compose_train(
         tmp_path,
         [
@@ -87,7 +88,8 @@ def test_short_run_lowers_the_answer_token_loss_and_logs_sample_answers(tmp_path
         cache_dir=tmp_path / "cache",
     )
 
-    # the answer-token loss of the very model the run starts from (train() seeds, then builds the net)
+    # the answer-token loss of the very model the run starts from (train() seeds, then builds the
+    # net)
     L.seed_everything(cfg.seed)
     net = instantiate(cfg.model)
     dm = instantiate(cfg.data)

@@ -78,7 +78,8 @@ def trained(hf_base, batch):
 
 
 def _to_medlm(peft_state: dict) -> dict:
-    """PEFT adapter keys -> medlm keys: the backbone sits under ``backbone.``, the head at the top."""
+    """PEFT adapter keys -> medlm keys: the backbone sits under ``backbone.``, the head at the
+    top."""
     out = {}
     for key, t in peft_state.items():
         key = key.removeprefix("base_model.model.")

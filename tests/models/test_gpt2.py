@@ -47,7 +47,8 @@ def _hf_model(
 
 
 def _write_legacy_bin(model, directory: Path) -> None:
-    """pytorch_model.bin as the hub's gpt2 files: bare GPT2Model names, Conv1D layout, mask buffers."""
+    """pytorch_model.bin as the hub's gpt2 files: bare GPT2Model names, Conv1D layout, mask
+    buffers."""
     directory.mkdir(parents=True)
     state = {
         k.removeprefix("transformer."): v.clone()
@@ -436,7 +437,8 @@ def test_mask_of_wrong_width_is_refused():
 
 
 def test_cache_of_another_dtype():
-    """A bf16 model with an fp32 cache (new_cache(dtype=...)): keys meet queries in the model's dtype."""
+    """A bf16 model with an fp32 cache (new_cache(dtype=...)): keys meet queries in the model's
+    dtype."""
     model = GPT2(GPT2Config(block_size=16, vocab_size=40, n_layer=2, n_head=2, n_embd=16)).eval()
     idx = _ids(40, 2, 8)
     with torch.no_grad():

@@ -29,7 +29,8 @@ TOL = 1e-4
 
 
 def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
-    """Weights large enough that logits are O(1): a wrong rotation or head order shows up clearly."""
+    """Weights large enough that logits are O(1): a wrong rotation or head order shows up
+    clearly."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -296,7 +297,8 @@ def test_from_meta_matches_transformers(tmp_path: Path, tie: bool, embed_split: 
 
 
 def test_from_meta_single_shard_and_llama2_params(tmp_path: Path) -> None:
-    """One shard, no n_kv_heads/rope_theta (Llama 2: theta 10000) and vocab_size -1 (from the weights)."""
+    """One shard, no n_kv_heads/rope_theta (Llama 2: theta 10000) and vocab_size -1 (from the
+    weights)."""
     hf_config = transformers.LlamaConfig(
         vocab_size=96,
         hidden_size=64,
@@ -426,7 +428,8 @@ def test_block_size_and_cache_limits() -> None:
 
 
 def test_packed_documents_match_separate_forwards() -> None:
-    """Per-document positions and a block-diagonal mask make a packed row equal its documents alone."""
+    """Per-document positions and a block-diagonal mask make a packed row equal its documents
+    alone."""
     model = _tiny()
     lengths = [10, 25, 13]
     doc_ids = torch.cat([torch.full((n,), i) for i, n in enumerate(lengths)])[None]  # (1, 48)
@@ -469,8 +472,10 @@ def test_hidden_states_feed_the_output_layer() -> None:
 
 
 def test_bfloat16_keeps_float32_rope_frequencies() -> None:
-    """RoPE sees relative distances: at ~4000 positions apart, bf16-rounded frequencies would be off by
-    radians (mean error ~7% of the logits here); fp32 ones keep a bf16 model within bf16 noise (~1%)."""
+    """RoPE sees relative distances: at ~4000 positions apart, bf16-rounded frequencies would be
+    off by
+    radians (mean error ~7% of the logits here); fp32 ones keep a bf16 model within bf16 noise
+    (~1%)."""
     model = _tiny(scaling=None)
     pos = torch.cat([torch.arange(4), 4000 + torch.arange(28)]).expand(2, 32)
     idx = IDX[:, :32]
@@ -562,8 +567,10 @@ def test_config_accepts_rope_scaling_mapping_without_rope_type() -> None:
 
 
 def test_generation_with_cache_equals_without_then_trains() -> None:
-    """medlm's generate() on Llama: same tokens with and without the KV cache, for left-padded prompts
-    of different lengths; the model still trains afterwards (RoPE tables made under inference_mode)."""
+    """medlm's generate() on Llama: same tokens with and without the KV cache, for left-padded
+    prompts
+    of different lengths; the model still trains afterwards (RoPE tables made under
+    inference_mode)."""
     from medlm.models.generation import generate
 
     model = _tiny()

@@ -1,4 +1,5 @@
-"""LoRA: the layer equals PEFT's, merging changes nothing, only adapters train, adapters round-trip."""
+"""LoRA: the layer equals PEFT's, merging changes nothing, only adapters train, adapters
+round-trip."""
 
 from __future__ import annotations
 

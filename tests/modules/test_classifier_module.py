@@ -1,5 +1,6 @@
 """The classification LightningModule: metrics and confusion matrices of known predictions, the
-trainable-parameter record, gradients for adapters and head only, and checkpoints that rebuild the net."""
+trainable-parameter record, gradients for adapters and head only, and checkpoints that rebuild the
+net."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ from medlm.utils.tracking import log_artifact
 
 
 class ConfusionMatrixPlot(L.Callback):
-    """Draws ``pl_module.confusion_matrices[stage]`` (counts, when), which the module sets at the end
+    """Draws ``pl_module.confusion_matrices[stage]`` (counts, when), which the module sets at the
+    end
     of each val/test epoch (:class:`~medlm.modules.classifier.SequenceClassification`)."""
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

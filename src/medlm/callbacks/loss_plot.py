@@ -1,4 +1,5 @@
-"""A loss-curve PNG (train loss per step, validation loss per epoch) saved and logged at the end of fit."""
+"""A loss-curve PNG (train loss per step, validation loss per epoch) saved and logged at the end of
+fit."""
 
 from __future__ import annotations
 
@@ -6,13 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as L
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from medlm.utils.io import atomic_path  # noqa: E402
-from medlm.utils.tracking import log_artifact  # noqa: E402
+from medlm.utils.plots import save_figure
+from medlm.utils.tracking import log_artifact
 
 
 class LossPlot(L.Callback):
@@ -48,7 +45,10 @@ class LossPlot(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or not self.train:
             return
-        fig, ax = plt.subplots(figsize=(7, 4))
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         steps, losses = zip(*self.train)
         ax.plot(steps, losses, lw=0.8, alpha=0.6, label="train (per step)")
         if self.val:
@@ -60,9 +60,5 @@ class LossPlot(L.Callback):
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        path = Path(trainer.default_root_dir) / "plots" / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        plt.close(fig)
+        path = save_figure(fig, Path(trainer.default_root_dir) / "plots" / self.filename)
         log_artifact(trainer.loggers, path, "plots")

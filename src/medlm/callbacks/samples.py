@@ -1,4 +1,5 @@
-"""Answers generated for a fixed set of validation questions at every validation, logged as artifacts.
+"""Answers generated for a fixed set of validation questions at every validation, logged as
+artifacts.
 
 The DataModule supplies the prompts (``sample_prompts(n)``, the same questions every epoch), its
 tokenizer and, optionally, the reference answers (``sample_references(n)``); this callback's config
@@ -77,7 +78,8 @@ class SampleGenerations(L.Callback):
             )
             for i, (prompt, answer, ref) in enumerate(zip(prompts, answers, refs)):
                 f.write(
-                    f"## {i}\n\n**Prompt** (end)\n\n```\n{prompt[-600:]}\n```\n\n**Generated**\n\n```\n{answer}\n```\n\n"
+                    f"## {i}\n\n**Prompt** "
+                    f"(end)\n\n```\n{prompt[-600:]}\n```\n\n**Generated**\n\n```\n{answer}\n```\n\n"
                 )
                 if ref is not None:
                     f.write(f"**Reference**\n\n```\n{ref}\n```\n\n")
@@ -86,7 +88,8 @@ class SampleGenerations(L.Callback):
     def answer(
         self, pl_module: L.LightningModule, tokenizer: Tokenizer, prompts: list[str]
     ) -> list[str]:
-        """Generate a continuation for each prompt, its start cut so that prompt and answer fit the context."""
+        """Generate a continuation for each prompt, its start cut so that prompt and answer fit the
+        context."""
         budget = pl_module.net.config.block_size - self.max_new_tokens
         ids = [tokenizer.encode_prompt(p)[-budget:] for p in prompts]
         out = generate(

@@ -28,7 +28,8 @@ def peak_flops(device: torch.device) -> float | None:
 
 
 def flops_per_token(net: torch.nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: the model's own count (6N + attention, PaLM appendix B, as nanoGPT),
+    """Training FLOPs per token: the model's own count (6N + attention, PaLM appendix B, as
+    nanoGPT),
     else 6N for a network that has none (a LoRA classifier, say)."""
     config = getattr(net, "config", None)
     if hasattr(config, "flops_per_token"):
@@ -37,7 +38,8 @@ def flops_per_token(net: torch.nn.Module, seq_len: int) -> float:
 
 
 class Throughput(L.Callback):
-    """Logs ``train/tokens_per_sec`` (wall clock between steps, data loading included) and ``train/mfu``."""
+    """Logs ``train/tokens_per_sec`` (wall clock between steps, data loading included) and
+    ``train/mfu``."""
 
     def __init__(self, log_every_n_steps: int = 10) -> None:
         self.log_every_n_steps = log_every_n_steps
@@ -75,7 +77,8 @@ class Throughput(L.Callback):
                 tokens_per_sec * flops_per_token(pl_module.net, ids.size(1)) / trainer.world_size
             )
             metrics["train/mfu"] = achieved / peak
-        # straight to the loggers: through self.log the value would repeat at every step until the next one
+        # straight to the loggers: through self.log the value would repeat at every step until the
+        # next one
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=trainer.global_step)

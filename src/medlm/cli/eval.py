@@ -1,9 +1,13 @@
-"""medlm-eval: score any models on one benchmark, side by side, and record the scores where users look.
+"""medlm-eval: score any models on one benchmark, side by side, and record the scores where users
+look.
 
-    medlm-eval benchmark=pubmedqa models.base=/models/gpt2 models.tuned=logs/.../checkpoints/best.ckpt
+    medlm-eval benchmark=pubmedqa models.base=/models/gpt2
+    models.tuned=logs/.../checkpoints/best.ckpt
     medlm-eval benchmark=pubmedqa models.tuned=<MLflow run id> benchmark.setting=reasoning_free
-    medlm-eval benchmark=hellaswag models.gpt2=/models/gpt2 benchmark.path=hellaswag_val.jsonl benchmark.limit=500
-    medlm-eval benchmark=question_pairs        # the newest LoRA and linear-probe runs, on the test split
+    medlm-eval benchmark=hellaswag models.gpt2=/models/gpt2 benchmark.path=hellaswag_val.jsonl
+    benchmark.limit=500
+    medlm-eval benchmark=question_pairs        # the newest LoRA and linear-probe runs, on the test
+    split
 
 A model is a medlm checkpoint, a Hugging Face or Meta directory, an MLflow run id or an MLflow
 experiment name (:mod:`medlm.eval.models`). The run folder gets results.json, a predictions file

@@ -6,7 +6,8 @@
 A causal LM (GPT-2 or Llama) becomes config.json + model.safetensors that
 ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits, plus
 generation_config.json and the tokenizer's Hugging Face files (GPT-2's vocab.json, merges.txt,
-tokenizer_config.json) when the model was trained on GPT-2 tokens. A LoRA sequence-classifier checkpoint is exported by
+tokenizer_config.json) when the model was trained on GPT-2 tokens. A LoRA sequence-classifier
+checkpoint is exported by
 ``medlm.models.convert_classifier.export_classifier``: a PEFT adapter, or with ``--merged`` the
 merged model. A user error prints one ``error: ...`` line and exits 2.
 """
@@ -32,7 +33,8 @@ from medlm.utils.io import atomic_path
 def export(
     src: str | Path, out_dir: str | Path, merged: bool = False, force: bool = False
 ) -> list[Path]:
-    """Write the Hugging Face form of checkpoint ``src`` into ``out_dir``; return the files written."""
+    """Write the Hugging Face form of checkpoint ``src`` into ``out_dir``; return the files
+    written."""
     src, out_dir = Path(src), Path(out_dir)
     ckpt = read_checkpoint(src)
     if out_dir.exists() and not out_dir.is_dir():
@@ -58,11 +60,13 @@ def export_causal_lm(net: nn.Module, src: Path, out_dir: Path, tokenizer: Tokeni
             f"{src}: {type(net).__name__} has no Hugging Face form (GPT2 and Llama have)"
         )
     config, state = net.to_hf()
-    # a model smaller than the tokenizer's vocabulary was not trained on it: its ids mean nothing there
+    # a model smaller than the tokenizer's vocabulary was not trained on it: its ids mean nothing
+    # there
     fits = net.config.vocab_size >= tokenizer.vocab_size
     eot = tokenizer.eot_id if fits else None
     bos = eot if tokenizer.bos_id is None or not fits else tokenizer.bos_id
-    # HF's Llama defaults (bos 1, eos 2) would be other tokens of this vocabulary: say which they are
+    # HF's Llama defaults (bos 1, eos 2) would be other tokens of this vocabulary: say which they
+    # are
     config["bos_token_id"], config["eos_token_id"] = bos, eot
     # read before anything is written, so that a missing tokenizer file leaves no half export
     files = hf_tokenizer_files(tokenizer, net.config.block_size) if fits else {}

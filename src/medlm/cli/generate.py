@@ -1,8 +1,10 @@
 """medlm-generate: continue prompts with a trained or pretrained model, streaming the tokens.
 
-    medlm-generate logs/llama_medical/runs/<run>/checkpoints/last.ckpt --prompt "The patient was diagnosed with"
+    medlm-generate logs/llama_medical/runs/<run>/checkpoints/last.ckpt --prompt "The patient was
+    diagnosed with"
     medlm-generate /models/gpt2-hf --prompt-file prompts.txt --temperature 0 --max-new-tokens 64
-    medlm-generate /models/Meta-Llama-3.1-8B --tokenizer /models/Meta-Llama-3.1-8B/tokenizer.model --prompt ...
+    medlm-generate /models/Meta-Llama-3.1-8B --tokenizer /models/Meta-Llama-3.1-8B/tokenizer.model
+    --prompt ...
 
 The model is a medlm ``.ckpt`` (its tokenizer is the one it was trained with), a Hugging Face
 directory (GPT-2 or Llama) or Meta's layout (params.json, consolidated.NN.pth). One prompt streams

@@ -1,7 +1,9 @@
-"""The Alpaca prompt template, the one copy every instruction-data path uses (the MedQuAD conversion,
+"""The Alpaca prompt template, the one copy every instruction-data path uses (the MedQuAD
+conversion,
 the instruction DataModule and its configs).
 
-A record with a non-empty input is asked with ``prompt_input``, one without with ``prompt_no_input``;
+A record with a non-empty input is asked with ``prompt_input``, one without with
+``prompt_no_input``;
 the model's answer follows the prompt.
 """
 
@@ -42,7 +44,8 @@ def check_template(template: Any) -> dict[str, str]:
     """The two Alpaca prompts, checked: each a string that formats with instruction (and input)."""
     if not isinstance(template, Mapping) or set(template) != set(TEMPLATE_KEYS):
         raise ConfigError(
-            f"data.template must map exactly {', '.join(TEMPLATE_KEYS)} to prompts, got {template!r:.200}"
+            f"data.template must map exactly {', '.join(TEMPLATE_KEYS)} to prompts, got "
+            f"{template!r:.200}"
         )
     for key, needed in TEMPLATE_KEYS.items():
         text = template[key]

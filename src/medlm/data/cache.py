@@ -86,7 +86,8 @@ class TokenCache:
         return path
 
     def get_or_build(self, name: str, key: str, build: Callable[[], np.ndarray]) -> np.ndarray:
-        """Return the cached array for (name, key); on a miss call ``build`` and store its result."""
+        """Return the cached array for (name, key); on a miss call ``build`` and store its
+        result."""
         cached = self.load(name, key)
         if cached is not None:
             log.info("%s: %d tokens from cache %s", name, len(cached), self.path(name, key))

@@ -1,4 +1,5 @@
-"""Instruction tuning data: Alpaca-style records (instruction, input, output) as prompt-masked examples.
+"""Instruction tuning data: Alpaca-style records (instruction, input, output) as prompt-masked
+examples.
 
 Every instruction dataset goes through this one module; only the config differs:
 - Alpaca JSON Lines that a user brings: ``data.path`` is one file (validation split off by prompt,
@@ -149,7 +150,8 @@ def passes(raw: RawRecord, min_values: Mapping[str, float]) -> bool:
         value = raw.data.get(name) if isinstance(raw.data, dict) else None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DataError(
-                f"{raw.location()}: field {name!r} (data.min_values) must be a number, got {value!r:.80}"
+                f"{raw.location()}: field {name!r} (data.min_values) must be a number, got "
+                f"{value!r:.80}"
             )
         if value < low:
             return False
@@ -206,7 +208,8 @@ def split_by_prompt(
 def check_fields(fields: Any) -> dict[str, str | None]:
     if not isinstance(fields, Mapping) or not set(fields) <= set(ROLES):
         raise ConfigError(
-            f"data.fields must map some of {', '.join(ROLES)} to record field names, got {fields!r:.200}"
+            f"data.fields must map some of {', '.join(ROLES)} to record field names, got "
+            f"{fields!r:.200}"
         )
     out = {**DEFAULT_FIELDS, **dict(fields)}
     for role, name in out.items():
@@ -237,7 +240,8 @@ def check_hub_splits(hub_splits: Any) -> dict[str, str | None]:
     if hub_splits is not None:
         if not isinstance(hub_splits, Mapping) or not set(hub_splits) <= set(SPLITS):
             raise ConfigError(
-                f"data.hub_splits must map some of {', '.join(SPLITS)} to Hub split names, got {hub_splits!r}"
+                f"data.hub_splits must map some of {', '.join(SPLITS)} to Hub split names, got "
+                f"{hub_splits!r}"
             )
         out.update(hub_splits)
     if not out["train"]:
@@ -314,7 +318,8 @@ class InstructionDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"data.name must be a plain name (letters, digits, _ and -), got {name!r}"
             )
-        # plain values only: a checkpoint is read back with weights_only=True, which refuses DictConfig
+        # plain values only: a checkpoint is read back with weights_only=True, which refuses
+        # DictConfig
         self.save_hyperparameters(
             {
                 "path": path,
@@ -374,7 +379,8 @@ class InstructionDataModule(L.LightningDataModule):
         src = Path(self.medquad_src).expanduser()
         if not src.exists():
             raise DataError(
-                f"data.path={out_dir} holds no converted MedQuAD yet and data.medquad_src={src} does "
+                f"data.path={out_dir} holds no converted MedQuAD yet and data.medquad_src={src} "
+                "does "
                 f"not exist: set {DATA_DIR_ENV} to the folder holding medquad/xml, set "
                 f"data.medquad_src, or run medlm-prepare medquad SRC {out_dir}"
             )
@@ -415,7 +421,8 @@ class InstructionDataModule(L.LightningDataModule):
         found = resolve_sources(self.path, subdir=self.subdir, patterns=SPLIT_PATTERNS, hub=hub)
         if found is None:
             raise ConfigError(
-                "no instruction data configured: set data.path (an Alpaca JSONL file, or a directory "
+                "no instruction data configured: set data.path (an Alpaca JSONL file, or a "
+                "directory "
                 "with train.jsonl/val.jsonl/test.jsonl), data.train_path, or data.hub_id"
                 + (f" (or put the files in ${DATA_DIR_ENV}/{self.subdir}/)" if self.subdir else "")
             )
@@ -468,7 +475,8 @@ class InstructionDataModule(L.LightningDataModule):
             return self.sources[split]
         if split == "test":
             raise DataError(
-                f"{self.name}: no test split: set data.test_path, or put test.jsonl beside train.jsonl"
+                f"{self.name}: no test split: set data.test_path, or put test.jsonl beside "
+                "train.jsonl"
             )
         return self.sources["train"]
 
@@ -522,7 +530,8 @@ class InstructionDataModule(L.LightningDataModule):
             dataset = PaddedExamples(tokens, rows, label)
             layout = f"{len(dataset)} padded rows"
         log.info(
-            "%s: %d of %d examples (%d answers truncated, %d dropped as too long, %d prompts longer "
+            "%s: %d of %d examples (%d answers truncated, %d dropped as too long, %d prompts "
+            "longer "
             "than the block); %s",
             label,
             counts["kept"],

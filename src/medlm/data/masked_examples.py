@@ -125,7 +125,8 @@ def pack_best_fit(lengths: Sequence[int], block_size: int) -> list[list[int]]:
 
 
 class PackedExamples(Dataset):
-    """Blocks of whole examples: ``input_ids``, ``labels``, ``doc_ids``, each (block_size,) int64."""
+    """Blocks of whole examples: ``input_ids``, ``labels``, ``doc_ids``, each (block_size,)
+    int64."""
 
     def __init__(
         self,
@@ -174,7 +175,8 @@ class PackedExamples(Dataset):
 
 
 class PaddedExamples(Dataset):
-    """One example per item, ``input_ids`` and ``labels`` (n - 1,) int64; batch with :class:`PadCollate`."""
+    """One example per item, ``input_ids`` and ``labels`` (n - 1,) int64; batch with
+    :class:`PadCollate`."""
 
     def __init__(self, tokens: np.ndarray, rows: np.ndarray, name: str = "dataset") -> None:
         if len(rows) == 0:
@@ -191,7 +193,8 @@ class PaddedExamples(Dataset):
 
 @dataclass(frozen=True)
 class PadCollate:
-    """Right-pad a list of examples to the longest: pad token in ``input_ids``, -100 in ``labels``."""
+    """Right-pad a list of examples to the longest: pad token in ``input_ids``, -100 in
+    ``labels``."""
 
     pad_id: int
 

@@ -59,7 +59,8 @@ class QAPair:
 @dataclass
 class SourceCounts:
     """``read`` counts pairs/rows parsed; ``read == kept + empty_answer + duplicate + too_long``.
-    ``malformed`` counts files, pairs or rows skipped under ``skip_bad`` and is not part of ``read``."""
+    ``malformed`` counts files, pairs or rows skipped under ``skip_bad`` and is not part of
+    ``read``."""
 
     read: int = 0
     kept: int = 0
@@ -68,7 +69,8 @@ class SourceCounts:
 
 @dataclass
 class Summary:
-    """What a conversion read, kept and dropped per source, the split sizes and the files written."""
+    """What a conversion read, kept and dropped per source, the split sizes and the files
+    written."""
 
     sources: dict[str, SourceCounts] = field(default_factory=dict)
     splits: dict[str, int] = field(default_factory=dict)
@@ -296,7 +298,8 @@ def build_records(
     template: Mapping[str, str] = ALPACA_TEMPLATE,
     tokenizer: str = "gpt2",
 ) -> list[dict]:
-    """Alpaca records of the pairs that survive: non-empty answer, first copy, at most ``max_tokens``
+    """Alpaca records of the pairs that survive: non-empty answer, first copy, at most
+    ``max_tokens``
     tokens of prompt + answer. Every pair is counted under its source."""
     encode = None
     if max_tokens is not None:

@@ -57,7 +57,8 @@ TEMPLATE_FIELDS = ("pubid", "question", "context", "long_answer", "final_decisio
 # Bump when parsing or formatting changes what a template produces: invalidates cached tokens.
 FORMAT_VERSION = 1
 
-# sha256 of the sorted PubMed ids of data/test_ground_truth.json in pubmedqa/pubmedqa, joined by "\n".
+# sha256 of the sorted PubMed ids of data/test_ground_truth.json in pubmedqa/pubmedqa, joined by
+# "\n".
 OFFICIAL_TEST_SHA256 = "406e3b89eff577ed38571eca5a5819734a6f49ac0437d171b6c64e5c3cd195f8"
 OFFICIAL_TEST_SEED = 0
 
@@ -229,14 +230,17 @@ def official_test_records(
     _, test = authors_split(records, 2, random.Random(OFFICIAL_TEST_SEED))
     if ids_digest([r.pubid for r in test]) != OFFICIAL_TEST_SHA256:
         raise DataError(
-            f"{origin}: these {len(records)} records do not reproduce the PubMedQA authors' test split "
-            "(data/test_ground_truth.json); it needs the 1,000 PQA-L records in the order of ori_pqal.json"
+            f"{origin}: these {len(records)} records do not reproduce the PubMedQA authors' test "
+            "split "
+            "(data/test_ground_truth.json); it needs the 1,000 PQA-L records in the order of "
+            "ori_pqal.json"
         )
     return test
 
 
 def pubmedqa_source(path: str | None, hub_id: str, hub_config: str, revision: str | None) -> Source:
-    """``path``, else ``$MEDLM_DATA_DIR/pubmedqa``, else the Hub config: where one config's records are."""
+    """``path``, else ``$MEDLM_DATA_DIR/pubmedqa``, else the Hub config: where one config's records
+    are."""
     original, c = ORIGINAL_FILES[hub_config], hub_config
     hub = HubSource(hub_id, c, "train", revision, hint_subdir=SUBDIR, hint_file=original)
     patterns = [
@@ -430,7 +434,8 @@ class PubMedQADataModule(L.LightningDataModule):
         return self._records
 
     def official_test_split(self) -> list[PubMedQARecord]:
-        """The authors' 500-question PQA-L test split (yes, then no, then maybe, as they list it)."""
+        """The authors' 500-question PQA-L test split (yes, then no, then maybe, as they list
+        it)."""
         if self.hub_config != "pqa_labeled":
             raise ConfigError(
                 f"the official test split is part of PQA-L: set data.hub_config=pqa_labeled, "
@@ -453,14 +458,16 @@ class PubMedQADataModule(L.LightningDataModule):
         return self._split
 
     def sample_prompts(self, n: int | None = None) -> list[str]:
-        """Prompts of the first ``n`` validation records (default ``num_sample_questions``): fixed across runs."""
+        """Prompts of the first ``n`` validation records (default ``num_sample_questions``): fixed
+        across runs."""
         return [r.format(self.prompt_template) for r in self.sample_records(n)]
 
     def sample_references(self, n: int | None = None) -> list[str]:
         """What each sample prompt should be continued with, to log beside the generation.
 
         The rest of the training text after the prompt when the template starts with the prompt
-        (with the defaults: the long answer and ``Decision: <label>``), else the long answer and label.
+        (with the defaults: the long answer and ``Decision: <label>``), else the long answer and
+        label.
         """
         refs = []
         for r in self.sample_records(n):

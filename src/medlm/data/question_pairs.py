@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from medlm.data.classification import classification_loader, collate_pairs  # noqa: F401 (its old home)
+from medlm.data.classification import classification_loader
 from medlm.data.sources import HubSource, Source, resolve_source
 from medlm.data.splits import seeded_split
 from medlm.data.tokenizer import Tokenizer, load_tokenizer
@@ -101,7 +101,8 @@ def read_pairs_hub(source: HubSource) -> list[QuestionPair]:
 def split_by_question(
     pairs: Sequence[QuestionPair], val_fraction: float, test_fraction: float, seed: int
 ) -> dict[str, list[QuestionPair]]:
-    """Seeded train/val/test split over original questions: pairs sharing question_1 stay together."""
+    """Seeded train/val/test split over original questions: pairs sharing question_1 stay
+    together."""
     groups: dict[str, list[QuestionPair]] = {}
     for p in pairs:
         groups.setdefault(p.question_1, []).append(p)
@@ -207,7 +208,8 @@ class QuestionPairsDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(tokenizer)
         if len(self.tokenizer.encode(bare)) >= max_length:
             raise ConfigError(
-                f"data.template alone takes {len(self.tokenizer.encode(bare))} tokens, no room for the "
+                f"data.template alone takes {len(self.tokenizer.encode(bare))} tokens, no room "
+                "for the "
                 f"questions within data.max_length={max_length}"
             )
         self.path, self.hub_id, self.template = path, hub_id, template

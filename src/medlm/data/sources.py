@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from medlm.data.cache import file_identity, hub_identity
 from medlm.errors import ConfigError, DataError, MedlmError
@@ -154,7 +154,8 @@ class LocalSource:
 
 @dataclass(frozen=True)
 class HubSource:
-    """A split of a Hugging Face Hub dataset; the hints only shape the message when it is unreachable."""
+    """A split of a Hugging Face Hub dataset; the hints only shape the message when it is
+    unreachable."""
 
     hub_id: str
     config: str | None
@@ -212,7 +213,7 @@ class HubSource:
             yield RawRecord(origin, f"row {i}", None, row)
 
 
-Source = Union[LocalSource, HubSource]
+Source = LocalSource | HubSource
 
 
 def _offline() -> bool:

@@ -1,4 +1,5 @@
-"""The one seeded split of every dataset: shuffle the keys, fill the held-out splits, train keeps the rest.
+"""The one seeded split of every dataset: shuffle the keys, fill the held-out splits, train keeps
+the rest.
 
 A key is whatever must stay on one side: a record (PubMedQA, MedQuAD), a prompt with all its
 responses (instruction data), an original question with both of its pairs (question pairs). The

@@ -4,7 +4,8 @@ Every DataModule builds its :class:`Tokenizer` from the ``data.tokenizer`` setti
 ``datamodule.tokenizer``; callbacks, generation, evaluation and export use that object, so no token
 id is written anywhere else.
 
-- ``gpt2`` (or another tiktoken encoding name): tiktoken's BPE, offline through ``TIKTOKEN_CACHE_DIR``.
+- ``gpt2`` (or another tiktoken encoding name): tiktoken's BPE, offline through
+``TIKTOKEN_CACHE_DIR``.
   A document ends with ``<|endoftext|>``, which also stands in for an empty prompt.
 - ``llama3:<path to tokenizer.model>``, a ``tokenizer.model`` path, or a directory holding one:
   Llama 3's tokenizer (meta-llama/llama3 ``tokenizer.py``). ``tokenizer.model`` is a tiktoken ranks
@@ -105,8 +106,10 @@ class TiktokenTokenizer(Tokenizer):
         except Exception as err:  # network or cache failure inside tiktoken
             cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<unset>")
             raise MedlmError(
-                f"cannot load the {name!r} tokenizer files: not in TIKTOKEN_CACHE_DIR={cache} and not "
-                f"downloadable ({type(err).__name__}). Point TIKTOKEN_CACHE_DIR at a folder holding "
+                f"cannot load the {name!r} tokenizer files: not in TIKTOKEN_CACHE_DIR={cache} and "
+                "not "
+                f"downloadable ({type(err).__name__}). Point TIKTOKEN_CACHE_DIR at a folder "
+                "holding "
                 "tiktoken's cached files (e.g. ../shared/tiktoken-cache)."
             ) from None
         super().__init__(name, enc, eot_id=enc.eot_token, bos_id=None, stop_ids=(enc.eot_token,))
@@ -176,7 +179,8 @@ def find_tokenizer_model(directory: Path) -> Path | None:
 
 
 def tokenizer_for_model_dir(directory: Path, vocab_size: int) -> Tokenizer:
-    """The tokenizer of a Hugging Face or Meta model directory: its ``tokenizer.model`` if it has one;
+    """The tokenizer of a Hugging Face or Meta model directory: its ``tokenizer.model`` if it has
+    one;
     GPT-2's when it holds GPT-2's BPE files (``merges.txt``) or the model's vocabulary is GPT-2's
     (padded to a multiple of 64 at most, as nanoGPT pads it)."""
     found = find_tokenizer_model(directory)
@@ -259,7 +263,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 )
 
 # tiktoken's Rust core overflows its stack on very long pieces: encode at most this many characters
-# at once, and cut runs of whitespace or of non-whitespace longer than the second limit (as Meta does).
+# at once, and cut runs of whitespace or of non-whitespace longer than the second limit (as Meta
+# does).
 TIKTOKEN_MAX_ENCODE_CHARS = 400_000
 MAX_NO_WHITESPACES_CHARS = 25_000
 
@@ -308,10 +313,12 @@ def read_bpe_ranks(path: str | Path) -> dict[bytes, int]:
 
 
 def _pieces(text: str) -> Iterator[str]:
-    """``text`` in chunks tiktoken can encode, as Meta's tokenizer cuts it. Most texts have no over-long
+    """``text`` in chunks tiktoken can encode, as Meta's tokenizer cuts it. Most texts have no
+    over-long
     run, and then the per-character scan is skipped: one chunk per TIKTOKEN_MAX_ENCODE_CHARS."""
     limit = MAX_NO_WHITESPACES_CHARS
-    # a run of limit + 1; the lookbehinds try each run from its start only, so the search stays linear
+    # a run of limit + 1; the lookbehinds try each run from its start only, so the search stays
+    # linear
     long_run = re.compile(rf"(?<!\s)\s{{{limit + 1}}}|(?<!\S)\S{{{limit + 1}}}")
     for i in range(0, len(text), TIKTOKEN_MAX_ENCODE_CHARS):
         chunk = text[i : i + TIKTOKEN_MAX_ENCODE_CHARS]

@@ -25,10 +25,13 @@ from medlm.utils.checks import check_number
 CHANCE = 0.25  # HellaSwag: one of four endings
 
 
-def _for_model(model: ModelToScore, score: Callable[[], Any]) -> Any:
-    """Run ``score`` for one model; a user error names the model it is about."""
+def _for_model(model: ModelToScore, score: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``score(model's network on device, its tokenizer, *args, **kwargs)``; a user error names the
+    model it is about."""
     try:
-        return score()
+        return score(
+            model.loaded.net.to(kwargs.get("device")), model.loaded.tokenizer, *args, **kwargs
+        )
     except MedlmError as err:
         raise type(err)(f"models.{model.name}: {err}") from None
 
@@ -41,8 +44,10 @@ def _limit(settings: DictConfig) -> int | None:
 
 
 def spread(items: list, limit: int | None) -> list:
-    """``limit`` items evenly spaced through ``items`` (all of them without a limit), so that a quick
-    look at a list ordered by label (PubMedQA's test split: yes, then no, then maybe) sees every label."""
+    """``limit`` items evenly spaced through ``items`` (all of them without a limit), so that a
+    quick
+    look at a list ordered by label (PubMedQA's test split: yes, then no, then maybe) sees every
+    label."""
     if limit is None or limit >= len(items):
         return items
     return [items[i * len(items) // limit] for i in range(limit)]
@@ -53,7 +58,8 @@ def pubmedqa(models: list[ModelToScore], settings: DictConfig, device: torch.dev
 
     if settings.setting is not None and settings.setting not in SETTINGS:
         raise ConfigError(
-            f"benchmark.setting must be one of {', '.join(SETTINGS)} or null, got {settings.setting!r}"
+            f"benchmark.setting must be one of {', '.join(SETTINGS)} or null, got "
+            f"{settings.setting!r}"
         )
     check_number(settings.batch_size, "benchmark.batch_size", int, 1)
     records = PubMedQADataModule(
@@ -74,16 +80,13 @@ def pubmedqa(models: list[ModelToScore], settings: DictConfig, device: torch.dev
         setting = settings.setting or trained.get("setting") or SETTINGS[0]
         result = _for_model(
             m,
-            lambda: score_pubmedqa(
-                m.loaded.net.to(device),
-                m.loaded.tokenizer,
-                records,
-                setting=setting,
-                template=template,
-                mode=settings.mode,
-                batch_size=settings.batch_size,
-                device=device,
-            ),
+            score_pubmedqa,
+            records,
+            setting=setting,
+            template=template,
+            mode=settings.mode,
+            batch_size=settings.batch_size,
+            device=device,
         )
         results.models[m.name] = {**result.metrics, "n": len(records)}
         results.predictions[m.name] = [p.as_dict() for p in result.predictions]
@@ -118,10 +121,7 @@ def hellaswag(models: list[ModelToScore], settings: DictConfig, device: torch.de
                 "scores a causal language model (GPT2, Llama)"
             )
         predictions = _for_model(
-            m,
-            lambda: predict_hellaswag(
-                m.loaded.net.to(device), m.loaded.tokenizer, items, settings.batch_size, device
-            ),
+            m, predict_hellaswag, items, batch_size=settings.batch_size, device=device
         )
         results.models[m.name] = HellaSwagCounts.of(predictions).metrics()
         results.predictions[m.name] = [p.as_dict() for p in predictions]

@@ -32,7 +32,8 @@ class ModelToScore:
 
 
 def _training_run_of(checkpoint: Path) -> str | None:
-    """The MLflow run of the medlm run folder a checkpoint sits in (``<run>/checkpoints/x.ckpt``)."""
+    """The MLflow run of the medlm run folder a checkpoint sits in
+    (``<run>/checkpoints/x.ckpt``)."""
     for folder in (checkpoint.parent, checkpoint.parent.parent):
         found = folder / RUN_ID_FILE
         if checkpoint.is_file() and found.is_file():

@@ -1,4 +1,5 @@
-"""Sequence classifiers (a LoRA classifier, its linear-probe baseline, ...) scored side by side on the
+"""Sequence classifiers (a LoRA classifier, its linear-probe baseline, ...) scored side by side on
+the
 same held-out split of Curai's medical question pairs.
 
 Every model must have trained on the other questions: the data settings that decide the split and

@@ -21,7 +21,8 @@ from medlm.utils.checks import check_positive_int
 
 
 class SequenceClassifier(nn.Module):
-    """``backbone.hidden_states`` -> last non-padding token -> ``score`` -> logits (B, num_labels)."""
+    """``backbone.hidden_states`` -> last non-padding token -> ``score`` -> logits (B,
+    num_labels)."""
 
     def __init__(
         self,

@@ -73,7 +73,8 @@ class GPT2Config:
         return n if non_embedding else n + self.block_size * C
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs (forward + backward) per token at context ``seq_len`` (default block_size).
+        """Training FLOPs (forward + backward) per token at context ``seq_len`` (default
+        block_size).
 
         6N for the weight matmuls plus 12·L·H·Q·T for attention (PaLM appendix B, nanoGPT's
         ``estimate_mfu``): MFU = flops_per_token · tokens per second / peak FLOPS.
@@ -181,7 +182,8 @@ class GPT2(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = True) -> int:
-        """Parameters (the tied lm_head once); ``non_embedding`` leaves out the position embeddings."""
+        """Parameters (the tied lm_head once); ``non_embedding`` leaves out the position
+        embeddings."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 

@@ -75,7 +75,8 @@ def padded_causal_mask(key_valid: Tensor, n_queries: int) -> Tensor:
 
 
 def document_causal_mask(doc_ids: Tensor) -> Tensor:
-    """(B, T) document ids of packed examples -> (B, 1, T, T) mask: causal and within one document."""
+    """(B, T) document ids of packed examples -> (B, 1, T, T) mask: causal and within one
+    document."""
     T = doc_ids.size(1)
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)

@@ -1,4 +1,5 @@
-"""A Llama 2/3-style decoder (RMSNorm, RoPE with Llama 3.1 scaling, SwiGLU, grouped-query attention).
+"""A Llama 2/3-style decoder (RMSNorm, RoPE with Llama 3.1 scaling, SwiGLU, grouped-query
+attention).
 
 Reads top to bottom like nanoGPT's ``model.py`` and :mod:`medlm.models.gpt2`: the config, the
 blocks, the model. Loading Hugging Face and Meta checkpoints is :mod:`medlm.models.convert_llama`'s
@@ -45,7 +46,8 @@ _ROPE_SCALING_KEYS = (
 @dataclass
 class RopeScaling:
     """Llama 3.1's RoPE scaling: long wavelengths slowed by ``factor``, short ones kept, a smooth
-    blend between ``original_max_position_embeddings / high_freq_factor`` and ``/ low_freq_factor``."""
+    blend between ``original_max_position_embeddings / high_freq_factor`` and ``/
+    low_freq_factor``."""
 
     factor: float
     low_freq_factor: float
@@ -165,7 +167,8 @@ class LlamaConfig:
         return n - emb if non_embedding and not self.tie_embeddings else n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
-        """Training FLOPs (forward + backward) per token at context ``seq_len`` (default block_size):
+        """Training FLOPs (forward + backward) per token at context ``seq_len`` (default
+        block_size):
         6N for the weight matmuls plus 12·L·H·Q·T for attention (PaLM appendix B), as GPT2Config."""
         T = self.block_size if seq_len is None else seq_len
         attention = 12 * self.n_layer * self.n_head * self.head_dim * T
@@ -246,7 +249,8 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # (B, H_kv, S, D), S = cache.length + T
             k, v = k.to(q.dtype), v.to(q.dtype)  # an fp32 cache under bf16 autocast
-        # Without a mask, the queries are the last T of S keys: plain causal when S == T, and a single
+        # Without a mask, the queries are the last T of S keys: plain causal when S == T, and a
+        # single
         # new token (T == 1) sees every key. The model passes a mask for the other cases.
         y = F.scaled_dot_product_attention(
             q,
@@ -294,7 +298,8 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    """Token embeddings, ``n_layer`` pre-norm blocks, a final RMSNorm and the (tied or untied) output."""
+    """Token embeddings, ``n_layer`` pre-norm blocks, a final RMSNorm and the (tied or untied)
+    output."""
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -307,7 +312,8 @@ class Llama(nn.Module):
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
         # float32 RoPE frequencies per device; not a buffer, so that model.to(bfloat16) cannot round
-        # them (bf16 frequencies garble the angles of long positions) and they stay out of checkpoints.
+        # them (bf16 frequencies garble the angles of long positions) and they stay out of
+        # checkpoints.
         self._inv_freq: dict[torch.device, Tensor] = {}
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2's scaled init of the residual projections
@@ -384,8 +390,10 @@ class Llama(nn.Module):
         mask: Tensor | None = None,
         cache: KVCache | None = None,
     ) -> Tensor:
-        """(B, T) token ids -> (B, T, vocab_size) logits. ``pos`` (B, T) positions (default 0..T-1 after
-        the cache), ``mask`` (B, 1, T, S) bool, True where a query may attend a key (default causal),
+        """(B, T) token ids -> (B, T, vocab_size) logits. ``pos`` (B, T) positions (default 0..T-1
+        after
+        the cache), ``mask`` (B, 1, T, S) bool, True where a query may attend a key (default
+        causal),
         ``cache`` a KVCache from ``new_cache`` that this call fills and advances."""
         return self.output(self.hidden_states(idx, pos, mask, cache))  # (B, T, vocab)
 
@@ -396,7 +404,8 @@ class Llama(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> KVCache:
-        """An empty KVCache for this model's layers and heads, on its device and dtype by default."""
+        """An empty KVCache for this model's layers and heads, on its device and dtype by
+        default."""
         if max_len > self.config.block_size:
             raise ConfigError(
                 f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}"
@@ -419,7 +428,8 @@ class Llama(nn.Module):
     @classmethod
     def from_pretrained(cls, pretrained: str | Path, **overrides: Any) -> Llama:
         """A Hugging Face ``LlamaForCausalLM`` directory or hub id; ``overrides`` replace config
-        values that change no tensor's shape: see :func:`~medlm.models.convert_llama.load_hf_llama`."""
+        values that change no tensor's shape: see
+        :func:`~medlm.models.convert_llama.load_hf_llama`."""
         from medlm.models.convert_llama import load_hf_llama
 
         return load_hf_llama(pretrained, **overrides)

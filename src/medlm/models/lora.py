@@ -26,7 +26,8 @@ from medlm.utils.checks import check_positive_int, check_positive_number, check_
 
 @dataclass
 class LoRAConfig:
-    """What ``apply_lora`` did to a model; kept on it as ``model.lora_config`` for saving and export."""
+    """What ``apply_lora`` did to a model; kept on it as ``model.lora_config`` for saving and
+    export."""
 
     targets: list[str] = field(default_factory=lambda: ["c_attn", "c_proj"])
     r: int = 8
@@ -62,7 +63,8 @@ class LoRAConfig:
 
 
 class LoRALinear(nn.Module):
-    """An ``nn.Linear`` plus a trainable rank-``r`` update ``scale * B @ A``; mergeable into the weight."""
+    """An ``nn.Linear`` plus a trainable rank-``r`` update ``scale * B @ A``; mergeable into the
+    weight."""
 
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0) -> None:
         super().__init__()
@@ -132,7 +134,8 @@ class LoRALinear(nn.Module):
 
 
 def _matches(name: str, pattern: str) -> bool:
-    """PEFT's rule for a list of names (``name`` is the pattern or ends in ``.pattern``), or a regex."""
+    """PEFT's rule for a list of names (``name`` is the pattern or ends in ``.pattern``), or a
+    regex."""
     return (
         name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name) is not None
     )
@@ -210,9 +213,11 @@ def lora_state_dict(model: nn.Module) -> dict[str, Tensor]:
 def load_lora_state_dict(
     model: nn.Module, state_dict: Mapping[str, Tensor], source: str = "adapter"
 ) -> None:
-    """Load an adapter saved by :func:`lora_state_dict`; a missing, extra or mis-shaped tensor is named.
+    """Load an adapter saved by :func:`lora_state_dict`; a missing, extra or mis-shaped tensor is
+    named.
 
-    Merged layers are unmerged first and merged again after, so that the new adapter replaces the old.
+    Merged layers are unmerged first and merged again after, so that the new adapter replaces the
+    old.
     """
     own = lora_state_dict(model)
     if own.keys() != state_dict.keys():
@@ -261,7 +266,8 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 class ParameterSummary(NamedTuple):
-    """Trainable and total parameter counts (tied weights counted once); ``str()`` is one log line."""
+    """Trainable and total parameter counts (tied weights counted once); ``str()`` is one log
+    line."""
 
     trainable: int
     total: int

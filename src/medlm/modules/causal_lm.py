@@ -1,6 +1,7 @@
 """Causal language modelling: next-token loss and perplexity.
 
-This module owns only the loss and the metrics (optimisation is :class:`OptimizedModule`'s), so every
+This module owns only the loss and the metrics (optimisation is :class:`OptimizedModule`'s), so
+every
 medlm causal LM (GPT-2, Llama; pretraining, fine-tuning, instruction tuning) trains through it.
 """
 

@@ -1,4 +1,5 @@
-"""Sequence classification: cross-entropy, accuracy/F1/precision/recall and a confusion matrix per epoch.
+"""Sequence classification: cross-entropy, accuracy/F1/precision/recall and a confusion matrix per
+epoch.
 
 The network is a :class:`~medlm.models.classifier.SequenceClassifier` (with LoRA, a frozen backbone
 or neither); optimisation is :class:`~medlm.modules.optimization.OptimizedModule`'s, over the
@@ -91,7 +92,8 @@ class SequenceClassification(OptimizedModule):
         self.confusion = nn.ModuleDict(
             {s: ConfusionMatrix(task=task, num_classes=num_labels) for s in STAGES}
         )
-        # stage -> (true x predicted counts, when: "epoch003_step000456" or "step000456"), for the plot
+        # stage -> (true x predicted counts, when: "epoch003_step000456" or "step000456"), for the
+        # plot
         self.confusion_matrices: dict[str, tuple[Tensor, str]] = {}
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
@@ -112,7 +114,8 @@ class SequenceClassification(OptimizedModule):
         return loss
 
     def evaluate_batch(self, batch: dict[str, Tensor], stage: str) -> None:
-        """Add a batch to the stage's loss, metrics and confusion matrix (also used by medlm-eval)."""
+        """Add a batch to the stage's loss, metrics and confusion matrix (also used by
+        medlm-eval)."""
         loss, preds = self.loss(batch)
         labels = batch["labels"]
         self.losses[stage].update(loss, labels.numel())
@@ -126,7 +129,8 @@ class SequenceClassification(OptimizedModule):
         self.evaluate_batch(batch, "test")
 
     def compute_stage(self, stage: str) -> tuple[dict[str, Tensor], Tensor]:
-        """``{"<stage>/loss": ..., "<stage>/acc": ..., ...}`` and the confusion matrix (true x predicted)
+        """``{"<stage>/loss": ..., "<stage>/acc": ..., ...}`` and the confusion matrix (true x
+        predicted)
         of everything since the last call; resets them for the next epoch."""
         results = {f"{stage}/loss": self.losses[stage].compute(), **self.metrics[stage].compute()}
         matrix = self.confusion[stage].compute()

@@ -22,9 +22,11 @@ from medlm.models.checkpoint import NETWORK_KEY, network_spec
 
 
 class OptimizedModule(L.LightningModule):
-    """AdamW decay groups over the parameters that train (adapters and head, or all), the fused kernel
+    """AdamW decay groups over the parameters that train (adapters and head, or all), the fused
+    kernel
     on CUDA, a schedule stepped per optimizer step, and clipping that works for fused AdamW too.
-    Checkpoints carry ``NETWORK_KEY``, so that ``load_network`` rebuilds the network from the file."""
+    Checkpoints carry ``NETWORK_KEY``, so that ``load_network`` rebuilds the network from the
+    file."""
 
     def __init__(
         self,

@@ -1,4 +1,5 @@
-"""Checks of config values, shared so that models and data fail the same way before any data is read.
+"""Checks of config values, shared so that models and data fail the same way before any data is
+read.
 
 Each raises a ConfigError whose message starts with the key (``model.n_head: ...``), so that a
 user sees which setting to change.
@@ -31,7 +32,8 @@ def check_number(
     low_ok: bool = True,
     high: float | None = None,
 ) -> None:
-    """``value`` is a ``kind`` (not a bool) within [low or (low, high): else a ConfigError naming ``key``."""
+    """``value`` is a ``kind`` (not a bool) within [low or (low, high): else a ConfigError naming
+    ``key``."""
     ok = isinstance(value, kind) and not isinstance(value, bool)
     if ok:
         ok = (value >= low if low_ok else value > low) and (high is None or value < high)
@@ -69,7 +71,8 @@ def check_bool(value: Any, key: str) -> None:
 
 
 def template_fields(template: str, key: str) -> set[str]:
-    """The ``{field}`` names a format template uses; a malformed template is a ConfigError naming ``key``."""
+    """The ``{field}`` names a format template uses; a malformed template is a ConfigError naming
+    ``key``."""
     try:
         return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as err:

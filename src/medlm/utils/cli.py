@@ -55,7 +55,8 @@ def find_user_error(exc: BaseException) -> MedlmError | None:
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a MedlmError (however wrapped) into ``error: <message>`` and exit 2, with no traceback."""
+    """Turn a MedlmError (however wrapped) into ``error: <message>`` and exit 2, with no
+    traceback."""
     try:
         yield
     except Exception as exc:
@@ -79,7 +80,8 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _one_line(text: str) -> str:
-    """Hydra's message on one line: its lines joined, without the config-search and debugging hints."""
+    """Hydra's message on one line: its lines joined, without the config-search and debugging
+    hints."""
     noise = (
         "full_key:",
         "object_type=",

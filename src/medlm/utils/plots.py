@@ -1,4 +1,5 @@
-"""Figures that training and evaluation both write: matplotlib's object API (no pyplot state), imported
+"""Figures that training and evaluation both write: matplotlib's object API (no pyplot state),
+imported
 only when a figure is drawn, and saved through an atomic rename."""
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
 def write_confusion_matrix(
     counts: Sequence[Sequence[int]], label_names: Sequence[str], stem: Path, title: str
 ) -> list[Path]:
-    """``stem``.csv (rows: true label, columns: predicted) and ``stem``.png, a heat map with the counts."""
+    """``stem``.csv (rows: true label, columns: predicted) and ``stem``.png, a heat map with the
+    counts."""
     from matplotlib.figure import Figure
 
     counts = [[int(c) for c in row] for row in counts]

@@ -16,9 +16,9 @@ import re
 import signal
 import subprocess
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -179,7 +179,7 @@ def local_gpus(accelerator: str, devices: object) -> int:
     return available if count is None else min(count, available)
 
 
-def register_resolvers(guard: Callable[[], ContextManager] = nullcontext) -> None:
+def register_resolvers(guard: Callable[[], AbstractContextManager] = nullcontext) -> None:
     """``${medlm.slurm_*:...}`` and ``${medlm.local_gpus:...}`` for conf/hydra/launcher/.
 
     Hydra resolves the launcher config outside the task function, where a ConfigError would come

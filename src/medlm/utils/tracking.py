@@ -1,4 +1,5 @@
-"""MLflow bookkeeping for a run: where the store is, what every run records, artifacts from callbacks."""
+"""MLflow bookkeeping for a run: where the store is, what every run records, artifacts from
+callbacks."""
 
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def flatten_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def git_commit(repo: str | Path) -> str:
-    """The commit of the checkout holding ``repo`` (the medlm code that ran), '-dirty' when it had changes."""
+    """The commit of the checkout holding ``repo`` (the medlm code that ran), '-dirty' when it had
+    changes."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -95,7 +97,8 @@ def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
 def record_run(loggers: Iterable[Logger], cfg: DictConfig, output_dir: Path, resumed: bool) -> None:
     """What every run records, training or evaluation: the resolved config as params (a resumed run
     keeps the params it has), the config and overrides as files and artifacts, and tags (git commit,
-    Hydra job, task, tags). Writes the MLflow run id into the run folder, for a resume to continue."""
+    Hydra job, task, tags). Writes the MLflow run id into the run folder, for a resume to
+    continue."""
     hydra_cfg = HydraConfig.get()
     config_file = output_dir / "config.yaml"
     with atomic_write(config_file) as f:
