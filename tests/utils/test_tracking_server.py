@@ -14,7 +14,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from medlm.errors import MedlmError
-from medlm.utils.mlflow_logger import check_tracking_server
+from medlm.utils.mlflow_logger import SERVER_CHECK_PATH, check_tracking_server
 
 
 def closed_port() -> int:
@@ -26,15 +26,22 @@ def closed_port() -> int:
 
 @pytest.fixture
 def server() -> Iterator[tuple[str, list[str]]]:
-    """A local HTTP server answering 200 on /health and 404 elsewhere; the paths it was asked."""
+    """A local HTTP server that answers like ``mlflow server``: the API for Host 127.0.0.1, 403
+    "Invalid Host header" for other host names, 404 for other paths; the paths it was asked."""
     asked: list[str] = []
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             asked.append(self.path)
-            self.send_response(200 if self.path == "/health" else 404)
+            if not self.headers["Host"].startswith("127.0.0.1"):
+                status, body = 403, b"Invalid Host header - possible DNS rebinding attack detected"
+            elif self.path.startswith(SERVER_CHECK_PATH):
+                status, body = 200, b'{"experiments": []}'
+            else:
+                status, body = 404, b"not found"
+            self.send_response(status)
             self.end_headers()
-            self.wfile.write(b"OK")
+            self.wfile.write(body)
 
         def log_message(self, *args) -> None:
             pass
@@ -66,7 +73,21 @@ def test_a_server_that_answers_passes_even_with_an_error_status(
     check_tracking_server(uri)
     check_tracking_server(uri + "/")
     check_tracking_server(uri + "/prefix")  # a 404 is an answer: the server is there
-    assert asked == ["/health", "/health", "/prefix/health"]
+    assert asked == [SERVER_CHECK_PATH, SERVER_CHECK_PATH, "/prefix" + SERVER_CHECK_PATH]
+
+
+def test_a_server_that_refuses_the_host_name_says_how_to_allow_it(
+    server: tuple[str, list[str]],
+) -> None:
+    uri = server[0].replace("127.0.0.1", "localhost")
+    port = uri.rsplit(":", 1)[1]
+    with pytest.raises(MedlmError) as info:
+        check_tracking_server(uri)
+    assert str(info.value).startswith(
+        f"the MLflow tracking server {uri} refuses the host name localhost:{port} (Invalid Host "
+        f"header - possible DNS rebinding attack detected): start it with --allowed-hosts "
+        f"localhost:{port}"
+    )
 
 
 def test_local_stores_are_not_checked() -> None:
