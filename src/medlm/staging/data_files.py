@@ -10,7 +10,8 @@ format the DataModule reads locally, at the path it looks for (``data/<subdir>/<
   in the Hub's columns;
 - ``question_pairs``: ``medical_question_pairs/mqp.csv``, Curai's headerless 4-column CSV;
 - ``medquad``: ``medquad/xml/<source folder>/<document id>.xml``, MedQuAD's XML, one Document per
-  file (rebuilt from the Hub's flat export, lavita/MedQuAD);
+  file, rebuilt from the Hub's flat export (lavita/MedQuAD, which also left out GARD's answers;
+  the published XML, abachaa/MedQuAD on GitHub, has them and is read as is);
 - ``helpsteer``: ``helpsteer/{train,validation}.parquet``;
 - ``hellaswag``: ``hellaswag/hellaswag_val.jsonl``, the authors' validation file;
 - ``fineweb``/``fineweb_edu``: ``<name>/<config>/train-NNNNN.parquet``, the first rows of the

@@ -164,9 +164,10 @@ class StageResult:
             rows = f", {e['rows']:,} rows" if e.get("rows") is not None else ""
             size = sum(f["size"] for f in e["files"])
             state = "staged" if key in self.staged else "already staged"
+            config = f" ({e['config']})" if e.get("config") else ""
             out.append(
-                f"{state:>14}  {key}  {e.get('source')}{rev}{rows}, {len(e['files'])} file(s), "
-                f"{size / 1e6:,.1f} MB"
+                f"{state:>14}  {key}  {e.get('source')}{config}{rev}{rows}, "
+                f"{len(e['files'])} file(s), {size / 1e6:,.1f} MB"
             )
         out.append(f"manifest: {self.manifest.path}")
         env = self.env_lines()
@@ -242,7 +243,7 @@ def stage(
         if not force and manifest.complete(item.key, item.request):
             result.skipped.append(item.key)
             continue
-        log(f"staging {item.key} ({item.label}) ...")
+        log(f"staging {item.key}: {item.label} ...")
         try:
             info, entries = _run_item(item, root)
         except BaseException:
