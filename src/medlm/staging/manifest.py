@@ -11,7 +11,6 @@ old files and entry as they were.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,20 +18,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from medlm.data.shards import file_sha256
 from medlm.errors import MedlmError
 from medlm.utils.io import atomic_write
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 SCRATCH = ".staging"  # DIR/.staging/<item>/: an item's files until they are complete
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Manifest:
@@ -122,7 +114,7 @@ class ItemFiles:
         for rel, src in sorted(self._files.items()):
             if not src.is_file():
                 raise MedlmError(f"{src}: declared for {rel} but never written")
-            entries.append({"path": rel, "size": src.stat().st_size, "sha256": sha256_file(src)})
+            entries.append({"path": rel, "size": src.stat().st_size, "sha256": file_sha256(src)})
         for rel, src in sorted(self._files.items()):
             target = self.root / rel
             target.parent.mkdir(parents=True, exist_ok=True)

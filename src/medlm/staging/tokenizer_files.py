@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medlm.data.shards import file_sha256
 from medlm.errors import ConfigError, MedlmError
 from medlm.staging.hub import first_line
-from medlm.staging.manifest import ItemFiles, sha256_file
+from medlm.staging.manifest import ItemFiles
 from medlm.utils.io import atomic_path
 
 TIKTOKEN_DIR = "tiktoken-cache"
@@ -119,4 +120,4 @@ def llama3_request(spec: TokenizerSpec) -> dict[str, Any]:
     """What identifies a Llama 3 tokenizer request: the file and its content."""
     if spec.path is None:
         raise MedlmError("llama3 tokenizer without a path")
-    return {"source": str(spec.path), "sha256": sha256_file(spec.path)}
+    return {"source": str(spec.path), "sha256": file_sha256(spec.path)}
