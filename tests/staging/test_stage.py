@@ -462,6 +462,7 @@ def test_an_unknown_name_is_one_line_and_writes_nothing(
         (("--models", "./gpt2"), "--models ./gpt2: not a Hugging Face Hub model id"),
         (("--tokenizers", "gpt3"), "--tokenizers gpt3: unknown tokenizer"),
         (("--models", "gpt2", "openai-community/gpt2"), "would both be staged to models/gpt2"),
+        (("--datasets", "pubmedqa", "pubmedqa@v1"), "dataset:pubmedqa is asked for twice"),
         ((), "nothing to stage"),
     ):
         code, out, err = run(capsys, str(root), *argv)

@@ -120,14 +120,16 @@ def plan(
         items.append(Item(f"model:{spec.name}", spec.hub_id, request, run_model))
     for entry in dict.fromkeys(tokenizers):
         tok = parse_tokenizer(entry)
-        if any(i.key == tok.key for i in items):
-            raise ConfigError(f"--tokenizers: {tok.name} is given twice")
         if tok.path is not None:
             request = {"kind": "tokenizer", **llama3_request(tok)}
             items.append(Item(tok.key, str(tok.path), request, lambda f, t=tok: stage_llama3(t, f)))
         else:
             request = {"kind": "tokenizer", "source": f"tiktoken:{tok.name}"}
             items.append(Item(tok.key, tok.name, request, lambda f, t=tok: stage_tiktoken(t, f)))
+    keys = [i.key for i in items]
+    for key in keys:
+        if keys.count(key) > 1:  # pubmedqa and pubmedqa@v1, two llama3: files
+            raise ConfigError(f"{key} is asked for twice (with different revisions or files)")
     return items
 
 
