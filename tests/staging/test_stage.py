@@ -554,3 +554,20 @@ def test_a_full_disk_keeps_what_was_staged_and_leaves_nothing_half_written(
     code, out, _ = run(capsys, str(root), "--datasets", "question_pairs", "pubmedqa")
     assert code == 0
     assert states(out) == {"dataset:question_pairs": "already staged", "dataset:pubmedqa": "staged"}
+
+
+def test_a_hub_layout_medlm_does_not_know_is_one_line_and_keeps_nothing(
+    hub: FakeHub, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    hub.datasets["curaihealth/medical_questions_pairs", None, "train"] = [
+        {"dr_id": 1, "question1": "a?", "question2": "b?", "label": 1}
+    ]
+    root = tmp_path / "stage"
+    code, _, err = run(capsys, str(root), "--datasets", "question_pairs")
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        "error: curaihealth/medical_questions_pairs row 0: no column 'question_1', 'question_2'; "
+        "the Hub dataset's layout is not the one medlm stages (expected dr_id, question_1, "
+        "question_2, label)"
+    )
+    assert not root.exists()
