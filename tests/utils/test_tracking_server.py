@@ -124,3 +124,23 @@ def test_medlm_train_stops_before_reading_data_when_the_server_does_not_answer(
     assert not (tmp_path / "cache").exists()  # no data was read, no tokens cached
     assert not (tmp_path / "mlruns").exists()
     assert list(tmp_path.rglob("mlflow_run_id")) == []  # no MLflow run was recorded
+
+
+def test_medlm_eval_stops_before_loading_models_when_the_server_does_not_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The model does not exist: had the evaluation started, the error would name it instead."""
+    from medlm.cli.eval import main
+
+    uri = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(sys, "argv", ["medlm-eval", f"models.base={tmp_path / 'no-such-model'}"])
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main()
+    finally:
+        GlobalHydra.instance().clear()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: the MLflow tracking server {uri} does not answer from ")
