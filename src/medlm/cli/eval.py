@@ -32,6 +32,7 @@ from medlm.eval.benchmarks import BENCHMARKS
 from medlm.eval.models import ModelToScore, load_models
 from medlm.eval.report import Results
 from medlm.utils.cli import CONFIG_DIR, run_hydra, user_errors
+from medlm.utils.mlflow_logger import check_tracking_server
 from medlm.utils.plots import write_confusion_matrix
 from medlm.utils.tracking import log_artifact, make_loggers, mlflow_loggers, record_run
 
@@ -97,6 +98,7 @@ def evaluate(cfg: DictConfig) -> Results:
         raise ConfigError(f"benchmark.name: {name!r} is not one of {', '.join(BENCHMARKS)}")
     device = pick_device(str(cfg.device))
     tracking_uri = ((cfg.get("logger") or {}).get("mlflow") or {}).get("tracking_uri")
+    check_tracking_server(tracking_uri)  # a server that does not answer: now, not after scoring
     requested = dict(cfg.get("models") or {}) or dict(cfg.benchmark.get("default_models") or {})
     models = load_models(requested, tracking_uri)
     results = BENCHMARKS[name](models, cfg.benchmark, device)

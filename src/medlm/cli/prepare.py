@@ -1,4 +1,4 @@
-"""``medlm-prepare``: turn published datasets (and, later, hub files) into what training reads.
+"""``medlm-prepare``: turn published datasets and Hub files into what training reads.
 
 One subcommand per job. A subcommand is a pair of functions: ``add_<name>(subparsers)`` declares
 its arguments and sets ``func`` to ``run_<name>(args) -> int``; list it in ``SUBCOMMANDS``.
@@ -141,7 +141,93 @@ def run_shards(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_medquad, add_shards]
+STAGE_DESCRIPTION = """\
+On a machine with internet (a login node), write into DIR what runs on compute nodes
+without internet need:
+  DIR/data/              datasets in the published formats the DataModules read (MEDLM_DATA_DIR)
+  DIR/tiktoken-cache/    tiktoken's cache files (TIKTOKEN_CACHE_DIR)
+  DIR/models/<name>/     pretrained weights as safetensors + config.json (model.pretrained)
+  DIR/tokenizers/llama3/ Llama 3's tokenizer.model (data.tokenizer=llama3:...)
+Hub revisions are pinned to commits and recorded, with every file's size and sha256, in
+DIR/manifest.json. What is staged already is skipped. Prints the lines that make a run use DIR.
+
+datasets:
+"""
+
+
+def add_stage(subparsers: argparse._SubParsersAction) -> None:
+    from medlm.staging.data_files import DATASETS, FINEWEB_CONFIG, FINEWEB_ROWS
+
+    names = "\n".join(f"  {s.name:<20} {s.about}" for s in DATASETS.values())
+    p = subparsers.add_parser(
+        "stage",
+        help="fetch datasets, tokenizer files and pretrained weights into DIR for offline nodes",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=STAGE_DESCRIPTION + names,
+    )
+    p.add_argument(
+        "out_dir", metavar="DIR", help="the staging directory (on the shared filesystem)"
+    )
+    p.add_argument(
+        "--datasets",
+        nargs="+",
+        default=[],
+        metavar="NAME",
+        help="datasets to stage (listed above), each optionally NAME@<hub revision>",
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=[],
+        metavar="ID",
+        help="Hub model ids (gpt2, meta-llama/Llama-3.2-1B), optionally ID@<revision>; "
+        "staged to DIR/models/<last part of the id>",
+    )
+    p.add_argument(
+        "--tokenizers",
+        nargs="+",
+        default=[],
+        metavar="SPEC",
+        help="gpt2 (or another tiktoken encoding) and/or llama3:<path to tokenizer.model>",
+    )
+    p.add_argument(
+        "--fineweb-rows",
+        type=int,
+        default=FINEWEB_ROWS,
+        metavar="N",
+        help="documents of a fineweb/fineweb_edu slice (default: %(default)s)",
+    )
+    p.add_argument(
+        "--fineweb-config",
+        default=FINEWEB_CONFIG,
+        metavar="NAME",
+        help="the FineWeb config streamed (default: %(default)s)",
+    )
+    p.add_argument("--force", action="store_true", help="stage again what is staged already")
+    p.set_defaults(func=run_stage)
+
+
+def run_stage(args: argparse.Namespace) -> int:
+    from medlm.staging.stage import stage
+
+    result = stage(
+        args.out_dir,
+        datasets=args.datasets,
+        models=args.models,
+        tokenizers=args.tokenizers,
+        fineweb_rows=args.fineweb_rows,
+        fineweb_config=args.fineweb_config,
+        force=args.force,
+    )
+    print(result.format())
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_medquad,
+    add_shards,
+    add_stage,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -380,8 +380,8 @@ class InstructionDataModule(L.LightningDataModule):
         if not src.exists():
             raise DataError(
                 f"data.path={out_dir} holds no converted MedQuAD yet and data.medquad_src={src} "
-                "does "
-                f"not exist: set {DATA_DIR_ENV} to the folder holding medquad/xml, set "
+                f"does not exist: set {DATA_DIR_ENV} to the folder holding medquad/xml "
+                "(medlm-prepare stage DIR --datasets medquad writes DIR/data/medquad/xml), set "
                 f"data.medquad_src, or run medlm-prepare medquad SRC {out_dir}"
             )
         log.info("converting MedQuAD %s -> %s", src, out_dir)

@@ -251,10 +251,14 @@ def hub_source(
                 f"{where}: not found on the Hugging Face Hub: {_first_line(err)}"
             ) from None
         except (ConnectionError, TimeoutError, OSError) as err:
+            from medlm.staging.data_files import stage_command
+
+            command = stage_command(hub_id, config)
+            staged = f" ({command} writes a slice of it)" if command else ""
             raise MedlmError(
                 f"{where}: cannot reach the Hugging Face Hub ({type(err).__name__}: "
                 f"{_first_line(err)}); on an offline machine, give local JSONL/parquet "
-                "files as SOURCE"
+                f"files as SOURCE{staged}"
             ) from None
         except ValueError as err:  # an unknown config or split
             raise ConfigError(f"{where}: {_first_line(err)}") from None

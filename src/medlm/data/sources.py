@@ -173,11 +173,19 @@ class HubSource:
         return f"hub {self.hub_id} ({self.split}{config})"
 
     def unreachable_message(self) -> str:
+        from medlm.staging.data_files import stage_command
+
         config = f" ({self.config})" if self.config else ""
+        command = stage_command(self.hub_id, self.config)
+        stage = (
+            f"; on a machine with internet, {command} writes it for {DATA_DIR_ENV}=DIR/data"
+            if command
+            else ""
+        )
         return (
             f"cannot reach the Hugging Face Hub for {self.hub_id}{config} and no local data is "
             f"configured: set data.path=/path/to/{self.hint_file} or {DATA_DIR_ENV}=/path/to/data "
-            f"(with {self.hint_subdir}/{self.hint_file})" + self.note
+            f"(with {self.hint_subdir}/{self.hint_file})" + self.note + stage
         )
 
     def load(self):

@@ -107,10 +107,9 @@ class TiktokenTokenizer(Tokenizer):
             cache = os.environ.get("TIKTOKEN_CACHE_DIR", "<unset>")
             raise MedlmError(
                 f"cannot load the {name!r} tokenizer files: not in TIKTOKEN_CACHE_DIR={cache} and "
-                "not "
-                f"downloadable ({type(err).__name__}). Point TIKTOKEN_CACHE_DIR at a folder "
-                "holding "
-                "tiktoken's cached files (e.g. ../shared/tiktoken-cache)."
+                f"not downloadable ({type(err).__name__}). Point TIKTOKEN_CACHE_DIR at a folder "
+                "holding tiktoken's cached files (e.g. ../shared/tiktoken-cache; on a machine with "
+                f"internet, medlm-prepare stage DIR --tokenizers {name} writes DIR/tiktoken-cache)."
             ) from None
         super().__init__(name, enc, eot_id=enc.eot_token, bos_id=None, stop_ids=(enc.eot_token,))
 
@@ -224,7 +223,8 @@ def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str,
         except Exception as err:  # not cached and offline, or a corrupt cache entry
             raise MedlmError(
                 f"cannot read GPT-2's {url.rsplit('/', 1)[1]} for {name} ({type(err).__name__}); "
-                "point TIKTOKEN_CACHE_DIR at tiktoken's cached files"
+                "point TIKTOKEN_CACHE_DIR at tiktoken's cached files (medlm-prepare stage DIR "
+                "--tokenizers gpt2 writes them to DIR/tiktoken-cache)"
             ) from None
     token = tokenizer.decode([tokenizer.eot_id])  # <|endoftext|>
     config = {

@@ -109,7 +109,9 @@ def resolve_pretrained(pretrained: str | Path) -> Path:
         reason = (str(err).strip().splitlines() or [""])[0][:200]
         raise MedlmError(
             f"{name}: could not download the model from the Hugging Face Hub "
-            f"({type(err).__name__}: {reason}); pass a local directory instead"
+            f"({type(err).__name__}: {reason}); pass a local directory instead (on a machine "
+            f"with internet, medlm-prepare stage DIR --models {name} writes DIR/models/"
+            f"{name.rsplit('/', 1)[-1]})"
         ) from None
     raise MedlmError(
         f"{name}: the Hugging Face Hub repository has no model.safetensors or pytorch_model.bin"

@@ -5,6 +5,10 @@
   failed ("table ... already exists", "Online migration expected to match one row"). Here one
   process at a time opens a local store, holding an exclusive lock beside the database while the
   store and the experiment are created (:func:`open_mlflow_logger`).
+- Reaching it: a run pointed at a tracking server (``MLFLOW_TRACKING_URI=http://login1:5000``)
+  that does not answer from this node stops at the start with one error line naming the URI
+  (:func:`check_tracking_server`), instead of training for hours and losing the run (MLflow's
+  client retries for minutes, then raises inside training).
 - Resuming: a job killed after its last checkpoint has logged steps that the resumed run trains
   again. MLflow cannot delete metric points, so the resumed run skips a metric at a step the run
   already holds: its step axis continues without a repeat or a gap. With exact resume the skipped
@@ -15,6 +19,10 @@
 from __future__ import annotations
 
 import fcntl
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +33,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import MLFlowLogger as _LightningMLFlowLogger
 from mlflow import MlflowClient
 from omegaconf import DictConfig
+
+from medlm.errors import MedlmError
 
 
 class MLFlowLogger(_LightningMLFlowLogger):
@@ -55,6 +65,48 @@ class MLFlowLogger(_LightningMLFlowLogger):
 
 
 SQLITE_PREFIX = "sqlite:///"
+HTTP_PREFIXES = ("http://", "https://")
+# seconds a tracking server has to answer at the start of a run: a closed port fails at once,
+# a firewall that drops packets takes all of it
+SERVER_CHECK_TIMEOUT_S = 10.0
+SERVER_CHECK_PATH = "/api/2.0/mlflow/experiments/search?max_results=1"
+
+
+def check_tracking_server(
+    tracking_uri: str | None, timeout: float = SERVER_CHECK_TIMEOUT_S
+) -> None:
+    """Raise one MedlmError line when the tracking server at ``tracking_uri`` cannot be used.
+
+    Only ``http(s)://`` URIs are checked (a sqlite or file store is local), with one cheap API
+    request. A connection that fails or times out is an error; so is the server refusing the host
+    name in the URI (``mlflow server`` accepts only localhost and private IPs unless started with
+    ``--allowed-hosts``). Any other answer, an error status included (authentication, a proxy),
+    counts as reachable and is left to MLflow's client.
+    """
+    if not tracking_uri or not tracking_uri.startswith(HTTP_PREFIXES):
+        return
+    url = tracking_uri.rstrip("/") + SERVER_CHECK_PATH
+    where = f"the MLflow tracking server {tracking_uri}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return
+    except urllib.error.HTTPError as err:
+        body = err.read(500).decode("utf-8", "replace")
+        if err.code == 403 and "Invalid Host header" in body:
+            host = urllib.parse.urlsplit(tracking_uri).netloc
+            raise MedlmError(
+                f"{where} refuses the host name {host} ({body.strip()}): start it with "
+                f"--allowed-hosts {host} (mlflow server accepts localhost and private IPs "
+                "only by default), or use its IP address in MLFLOW_TRACKING_URI; nothing was run"
+            ) from None
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise MedlmError(
+            f"{where} does not answer from {socket.gethostname()} ({reason}); start it "
+            "(mlflow server --host 0.0.0.0 ...) or point MLFLOW_TRACKING_URI "
+            "(logger.mlflow.tracking_uri) at one this node reaches; nothing was run"
+        ) from None
 
 
 def sqlite_path(tracking_uri: str | None) -> Path | None:
