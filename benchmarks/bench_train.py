@@ -2,7 +2,9 @@
 
 Both train the same GPT-2 (same init), on the same PubMedQA blocks in the same order, with the same
 batch, AdamW param groups, warm-up/cosine schedule and gradient clipping. Each is timed over the
-same steps after a warm-up, alternating runs; the median of the repeats is reported.
+same steps after a warm-up, alternating runs; the median of the repeats is reported. The Lightning
+path runs the divergence guard, on by default in medlm-train (one host sync and a gradient norm
+per step); ``--no-guard`` leaves it out, to see what it costs.
 
     make bench                                   # gpt2_tiny, block 128, batch 16, CPU
     .venv/bin/python benchmarks/bench_train.py --steps 40 --repeats 3 --device cuda --precision
@@ -20,6 +22,7 @@ import lightning.pytorch as L
 import torch
 import torch.nn.functional as F
 
+from medlm.callbacks.divergence import DivergenceGuard
 from medlm.data.pubmedqa import PubMedQADataModule
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.modules.causal_lm import CausalLM
@@ -75,7 +78,7 @@ def lightning_run(args: argparse.Namespace, dm: PubMedQADataModule) -> float:
         enable_model_summary=False,
         limit_val_batches=0,
         gradient_clip_val=1.0,
-        callbacks=[timer],
+        callbacks=[timer] if args.no_guard else [timer, DivergenceGuard()],
     )
     trainer.fit(module, datamodule=dm)
     return args.steps * args.batch_size * args.block_size / (timer.end - timer.start)
@@ -126,6 +129,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
+    parser.add_argument("--no-guard", action="store_true", help="without the divergence guard")
     args = parser.parse_args()
 
     dm = PubMedQADataModule(block_size=args.block_size, batch_size=args.batch_size, seed=1337)

@@ -17,3 +17,13 @@ class ConfigError(MedlmError, ValueError):
 
 class DataError(MedlmError):
     """A data file or record that cannot be read."""
+
+
+class TrainingDiverged(MedlmError):
+    """A non-finite loss or gradient norm: training stops at that step, before the optimizer
+    step."""
+
+
+class NonFiniteLogits(MedlmError, ValueError):
+    """A model gave NaN or infinite next-token logits (its weights have diverged): there is
+    nothing to sample from."""

@@ -657,3 +657,18 @@ def test_streamed_text_never_takes_anything_back() -> None:
     row.add(1)
     row.add(0)  # a stop token ends the row and is not text
     assert row.done and row.text == "ab" and sent == ["ab"]
+
+
+def test_diverged_checkpoint_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    net = tiny_gpt2()
+    with torch.no_grad():
+        net.lm_head.weight.fill_(float("nan"))  # what a run that diverged leaves in its weights
+    ckpt = write_medlm_ckpt(tmp_path / "nan.ckpt", net)
+    for temperature in ("0", "0.8"):
+        args = [ckpt, "--prompt", PROMPT, "--max-new-tokens", "8", "--temperature", temperature]
+        code, out, err = run_cli(args, capsys)
+        assert code == 2 and out == "", err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert err.startswith("error: the model gave nan next-token logits in batch row 0"), err

@@ -78,11 +78,19 @@ def test_medquad_writes_splits_and_prints_table(
 
 
 def test_max_tokens_option(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert (
-        main(["medquad", str(medquad_root(tmp_path)), str(tmp_path / "out"), "--max-tokens", "20"])
-        == 0
+    """The one answered pair is 41 tokens as a prompt and answer: --max-tokens 20 drops it, and a
+    conversion that keeps nothing is an error, not three empty files."""
+    out = tmp_path / "out"
+    assert main(["medquad", str(medquad_root(tmp_path)), str(out), "--max-tokens", "41"]) == 0
+    assert re.search(r"^total\s+2\s+1\s+1\s+0\s+0\s+0$", capsys.readouterr().out, re.M)
+    src, empty = medquad_root(tmp_path / "2"), tmp_path / "empty"
+    assert main(["medquad", str(src), str(empty), "--max-tokens", "20"]) == 2
+    assert_one_error_line(
+        capsys.readouterr().err,
+        f"{src}: nothing to write to {empty}: all 2 pairs read were dropped "
+        "(1 empty answer, 1 too long)",
     )
-    assert re.search(r"^total\s+2\s+0\s+1\s+0\s+1\s+0$", capsys.readouterr().out, re.M)
+    assert files_in(empty) == []
 
 
 def test_malformed_xml_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -80,7 +80,7 @@ def test_second_use_reads_the_file_without_building(tmp_path: Path) -> None:
     build = CountingBuilder(tokens)
     out = TokenCache(tmp_path).get_or_build("ds-train", "k1", build)
     assert build.calls == 1 and np.array_equal(out, tokens)
-    assert _files(tmp_path) == ["ds-train-k1.npy"]
+    assert _files(tmp_path) == ["ds-train-k1.json", "ds-train-k1.npy"]  # the array, its checksum
 
     again = TokenCache(tmp_path).get_or_build("ds-train", "k1", build)  # a new run
     assert build.calls == 1

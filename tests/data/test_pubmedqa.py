@@ -584,7 +584,7 @@ def test_failed_tokenising_leaves_no_cache_files(
     monkeypatch.undo()
     dm = dm_for(path, tmp_path)
     dm.prepare_data()
-    assert sorted(p.name.split("-")[1] for p in cache.iterdir()) == ["train", "val"]
+    assert sorted(p.name.split("-")[1] for p in cache.glob("*.npy")) == ["train", "val"]
     assert not list(cache.glob(".*"))
 
 

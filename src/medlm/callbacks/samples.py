@@ -8,16 +8,19 @@ tokenizer and, optionally, the reference answers (``sample_references(n)``); thi
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning.pytorch as L
 
 from medlm.data.tokenizer import Tokenizer
-from medlm.errors import ConfigError
+from medlm.errors import ConfigError, NonFiniteLogits
 from medlm.models.generation import generate
 from medlm.utils.checks import check_number
 from medlm.utils.io import atomic_write
 from medlm.utils.tracking import log_artifact
+
+log = logging.getLogger(__name__)
 
 
 class SampleGenerations(L.Callback):
@@ -65,7 +68,11 @@ class SampleGenerations(L.Callback):
             if hasattr(dm, "sample_references")
             else [None] * len(prompts)
         )
-        answers = self.answer(pl_module, dm.tokenizer, prompts)
+        try:
+            answers = self.answer(pl_module, dm.tokenizer, prompts)
+        except NonFiniteLogits as err:  # a diverged model (the divergence guard may be off)
+            log.warning("samples: none at step %d: %s", trainer.global_step, err)
+            return
         self.history.append((trainer.current_epoch, answers))
         path = (
             Path(trainer.default_root_dir)

@@ -9,6 +9,7 @@ medlm-train hydra.run.dir=<a run's dir> ckpt_path=auto   # resume it, same MLflo
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 import hydra
@@ -93,9 +94,14 @@ def train(cfg: DictConfig) -> float | None:
     metric = cfg.get("optimized_metric")
     ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is not None and ckpt_cb.monitor == metric and ckpt_cb.best_model_score is not None:
-        return float(ckpt_cb.best_model_score)
-    value = trainer.callback_metrics.get(metric) if metric else None
-    return None if value is None else float(value)
+        return finite_or_none(ckpt_cb.best_model_score)
+    return finite_or_none(trainer.callback_metrics.get(metric) if metric else None)
+
+
+def finite_or_none(value) -> float | None:
+    """A metric as a float, or None when there is none or it is NaN or infinite (a diverged run
+    has no best value to report to a sweeper)."""
+    return None if value is None or not math.isfinite(float(value)) else float(value)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -162,6 +162,16 @@ def read_xml_file(
         return []
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    if next(root.iter("QAPairs"), None) is None and next(root.iter("QAPair"), None) is None:
+        # any root with MedQuAD's pairs will do (<Document>, <DiseaseFile>); an empty <QAPairs/>
+        # is a real MedQuAD document with no pairs
+        summary.reject(
+            source,
+            f"{path}: not a MedQuAD document: <{root.tag}> holds no <QAPairs>/<QAPair> "
+            "(MedQuAD files are <Document> with <QAPairs><QAPair><Question/><Answer/>)",
+            skip_bad,
+        )
+        return []
     doc_id = root.get("id") or root.get("fid") or path.stem
     focus = root.findtext("Focus") or ""
     pairs = []
@@ -407,10 +417,30 @@ def convert(
     reader = read_xml if fmt == "xml" else read_csv
     pairs = reader(src, summary, skip_bad)
     records = build_records(pairs, summary, max_tokens, template, tokenizer)
+    if not records:  # three empty files would only fail later, as an empty dataset
+        raise DataError(f"{src}: nothing to write to {out_dir}: {_why_empty(summary)}")
     splits = split_records(records, seed, val_frac, test_frac)
+    if not splits["train"]:
+        raise ConfigError(
+            f"val_frac={val_frac}, test_frac={test_frac}: {len(records)} record(s) leave "
+            "nothing for the train split"
+        )
     summary.outputs = write_splits(splits, out_dir)
     summary.splits = {name: len(recs) for name, recs in splits.items()}
     return summary
+
+
+def _why_empty(summary: Summary) -> str:
+    """Why no record survived: nothing read, or what dropped the pairs that were."""
+    total = summary.total()
+    skipped = total.dropped.get("malformed", 0)
+    if total.read == 0:
+        found = "no question-answer pairs found"
+        return found + (f" ({skipped} malformed file(s)/row(s) skipped)" if skipped else "")
+    reasons = ", ".join(
+        f"{n} {r.replace('_', ' ')}" for r in REASONS if (n := total.dropped.get(r, 0))
+    )
+    return f"all {total.read} pairs read were dropped ({reasons})"
 
 
 def format_summary(summary: Summary) -> str:

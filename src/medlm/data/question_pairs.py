@@ -53,15 +53,23 @@ def _check_pair(dr_id: object, q1: object, q2: object, label: object, where: str
 
 
 def read_pairs_csv(path: str | Path) -> list[QuestionPair]:
-    """Read and check Curai's CSV; a header row named like the Hub's fields is skipped."""
+    """Read and check Curai's CSV; a header row named like the Hub's fields is skipped.
+
+    A quoted field may run over lines, but not over whole pairs: a field holding lines that
+    are pairs of their own is an unbalanced quote (a stray ``"`` that swallowed the pairs after
+    it into one question), reported at the line where it opened.
+    """
     path = Path(path)
     pairs: list[QuestionPair] = []
+    line = 1  # first line of the next record
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            line = 1  # first line of the next record (a quoted field may span lines)
+            reader = csv.reader(f, strict=True)
             for row in reader:
-                where, line = f"{path}:{line}", reader.line_num + 1
+                where, start, line = f"{path}:{line}", line, reader.line_num + 1
+                swallowed = _swallowed_pairs(row) if reader.line_num > start else []
+                if swallowed:
+                    raise DataError(_unbalanced_quote(path, start, reader.line_num, swallowed))
                 if not row or (len(row) == 1 and not row[0].strip()):
                     continue  # blank line
                 if not pairs and tuple(c.strip().lower() for c in row) == CSV_HEADER:
@@ -77,10 +85,38 @@ def read_pairs_csv(path: str | Path) -> list[QuestionPair]:
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except csv.Error as err:
+        if reader.line_num > line:  # a quoted field opened on an earlier line went wrong here
+            raise DataError(_unbalanced_quote(path, line, reader.line_num, [], err)) from None
         raise DataError(f"{path}:{reader.line_num}: malformed CSV: {err}") from None
     if not pairs:
         raise DataError(f"{path}: no question pairs")
     return pairs
+
+
+def _swallowed_pairs(row: list[str]) -> list[str]:
+    """The lines inside ``row``'s fields (after a field's first line) that read as whole pairs:
+    doctor id, two questions and a 0/1 label."""
+    swallowed = []
+    for value in row:
+        for text in value.splitlines()[1:]:
+            fields = next(csv.reader([text]), [])
+            if len(fields) == 4 and fields[3].strip() in ("0", "1"):
+                swallowed.append(text)
+    return swallowed
+
+
+def _unbalanced_quote(
+    path: Path, start: int, end: int, swallowed: list[str], err: csv.Error | None = None
+) -> str:
+    """The message for a quoted field opened on line ``start`` and still open on line ``end``."""
+    if swallowed:
+        what = f"holds {len(swallowed)} line(s) that are pairs of their own ({swallowed[0][:60]!r})"
+    else:
+        what = f"is still open there ({err})"
+    return (
+        f"{path}:{start}: unbalanced quote: a quoted field opened on line {start} runs to line "
+        f"{end} and {what}; close or remove the quote"
+    )
 
 
 def read_pairs_hub(source: HubSource) -> list[QuestionPair]:

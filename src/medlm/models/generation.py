@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from medlm.errors import ConfigError
+from medlm.errors import ConfigError, NonFiniteLogits
 from medlm.models.kv_cache import padded_causal_mask
 
 # ----------------------------------------------------------------------------------------------
@@ -49,6 +49,23 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def check_finite_logits(logits: Tensor) -> None:
+    """Raise NonFiniteLogits unless every row of (B, V) ``logits`` has a finite maximum (the
+    maximum is NaN if any logit is, +inf if any is, -inf if all are)."""
+    row_max = logits.amax(dim=-1)  # (B,)
+    bad = ~torch.isfinite(row_max)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        worst = float(row_max[row])  # nan, inf, or -inf when every logit of the row is -inf
+        kind = (
+            "no finite next-token logit (all -inf)" if worst < 0 else f"{worst} next-token logits"
+        )
+        raise NonFiniteLogits(
+            f"the model gave {kind} in batch row {row}: its weights have probably diverged, "
+            "so there is nothing to sample from"
+        )
+
+
 def sample_logits(
     logits: Tensor,
     temperature: float | None = 1.0,
@@ -56,7 +73,13 @@ def sample_logits(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """(B, V) next-token logits -> (B,) token ids. Temperature 0 or None is greedy (argmax)."""
+    """(B, V) next-token logits -> (B,) token ids. Temperature 0 or None is greedy (argmax).
+
+    Raises :class:`~medlm.errors.NonFiniteLogits` when a row has a NaN or +inf logit, or no finite
+    one (a diverged model): neither argmax nor sampling means anything there. -inf alone is a
+    masked token and fine.
+    """
+    check_finite_logits(logits)
     if not temperature:
         return logits.argmax(dim=-1)
     if temperature < 0:
@@ -207,9 +230,12 @@ def _generate(
                     mask=mask,
                     cache=cache,
                 )  # (B, T, vocab)
-                next_ids = sample_logits(
-                    logits[:, -1], temperature, top_k, top_p, generator
-                )  # (B,)
+                try:
+                    next_ids = sample_logits(
+                        logits[:, -1], temperature, top_k, top_p, generator
+                    )  # (B,)
+                except NonFiniteLogits as err:
+                    raise NonFiniteLogits(f"{err} (at generated token {step + 1})") from None
                 tokens[:, end] = next_ids
                 for b, t in enumerate(next_ids.tolist()):
                     if done[b]:
