@@ -32,9 +32,11 @@ LIMIT = 9  # PubMedQA questions a test scores: evenly spread, so yes, no and may
 def run_eval(
     root: Path, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> tuple[int, str, str]:
-    """``medlm-eval ARGS`` in-process from ``root``: exit status, stdout, stderr."""
+    """``medlm-eval ARGS`` in-process from ``root`` as the project (MEDLM_HOME): exit status,
+    stdout, stderr."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # set by an earlier run's MLflow logger
     monkeypatch.chdir(root)
+    monkeypatch.setenv("MEDLM_HOME", str(root))
     monkeypatch.setattr(sys, "argv", ["medlm-eval", *args])
     try:
         cli.main()

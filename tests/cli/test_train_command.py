@@ -32,8 +32,10 @@ TRAIN_BIN = Path(sys.executable).parent / "medlm-train"
 def run_main(
     argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> tuple[int, str]:
-    """``medlm-train ARGV`` in this process, from ``tmp_path``; returns the exit code and stderr."""
+    """``medlm-train ARGV`` in this process, from ``tmp_path`` as the project (MEDLM_HOME); returns
+    the exit code and stderr."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDLM_HOME", str(tmp_path))
     monkeypatch.setattr(sys, "argv", ["medlm-train", *argv])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
