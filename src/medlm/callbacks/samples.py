@@ -19,13 +19,14 @@ from medlm.utils.checks import check_number
 from medlm.utils.io import atomic_write
 from medlm.utils.tracking import log_artifact
 
-# characters of a prompt or a reference shown in full; a longer one keeps its start (the question)
-# and its end (where the answer goes on), and says how much of its middle was left out
+# characters of a prompt or a reference shown; a longer one (by more than a quarter: cutting a few
+# lines out helps no one) keeps its start (the question) and its end (where the answer goes on),
+# and says how much of its middle was left out
 SHOWN_CHARACTERS = 1600
 
 
 def trim_middle(text: str, limit: int = SHOWN_CHARACTERS) -> str:
-    if len(text) <= limit:
+    if len(text) <= limit * 5 // 4:
         return text
     head = limit * 5 // 8
     tail = limit - head
