@@ -95,7 +95,8 @@ def train(cfg: DictConfig) -> float | None:
         module, datamodule, trainer = build(cfg)
         preflight.prepare_data(datamodule, cfg.train, cfg.test, rank_zero_only.rank)
 
-    trainer.loggers = make_loggers(cfg, resume.run_id)
+    if not trainer.fast_dev_run:  # a debug run logs nothing (Lightning's DummyLogger)
+        trainer.loggers = make_loggers(cfg, resume.run_id)
     if rank_zero_only.rank == 0:  # DDP: the other ranks run this too, and must not write records
         record_run(trainer.loggers, cfg, output_dir, resumed=resume.run_id is not None)
     metric = cfg.get("optimized_metric")
