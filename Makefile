@@ -6,6 +6,8 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 ARGS       ?=
 PY         := $(VENV)/bin/python
+# the project's runs (mlruns/, logs/): $MEDLM_HOME when set, else this checkout (medlm.utils.project)
+PROJECT    := $(or $(MEDLM_HOME),$(CURDIR))
 STAMP      := $(VENV)/.medlm-installed
 
 # Offline use of the shared tokenizer files and datasets when they sit beside the project.
@@ -49,9 +51,9 @@ bench: install  ## training tokens/s (Lightning vs a plain loop); generation tok
 	$(PY) benchmarks/bench_generate.py --threads 1
 	$(PY) benchmarks/bench_shards.py
 
-ui: install  ## browse every run
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns/artifacts --host 127.0.0.1 --port 5000
+ui: install  ## browse every run (of $MEDLM_HOME when set, else of this checkout: where medlm-train records them)
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(PROJECT)/mlruns/mlflow.db \
+		--default-artifact-root $(PROJECT)/mlruns/artifacts --host 127.0.0.1 --port 5000
 
 clean:
 	rm -rf logs .cache .pytest_cache

@@ -56,6 +56,13 @@ def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _project_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs a test starts land in its own temporary project (MEDLM_HOME), never in the checkout's
+    mlruns/ and logs/; a test that needs another project sets MEDLM_HOME itself."""
+    monkeypatch.setenv("MEDLM_HOME", str(tmp_path))
+
+
 @pytest.fixture(scope="session")
 def tiny_hf_gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random GPT-2 saved by transformers: the offline stand-in for hub weights."""

@@ -42,10 +42,10 @@ def compose_train(
 
 
 def mlflow_runs(root: Path) -> list[dict]:
-    """Every run in ``root``'s MLflow store, with its params, tags and metric keys."""
+    """Every run in ``root``'s MLflow store, with its status, params, tags and metric keys."""
     con = sqlite3.connect(root / "mlruns" / "mlflow.db")
     runs = []
-    for (run_id,) in con.execute("SELECT run_uuid FROM runs ORDER BY start_time"):
+    for run_id, status in con.execute("SELECT run_uuid, status FROM runs ORDER BY start_time"):
         params = dict(con.execute("SELECT key, value FROM params WHERE run_uuid=?", (run_id,)))
         tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid=?", (run_id,)))
         metrics: dict[str, list[tuple[int, float]]] = {}
@@ -53,6 +53,8 @@ def mlflow_runs(root: Path) -> list[dict]:
             "SELECT key, step, value FROM metrics WHERE run_uuid=? ORDER BY step", (run_id,)
         ):
             metrics.setdefault(key, []).append((step, value))
-        runs.append({"run_id": run_id, "params": params, "tags": tags, "metrics": metrics})
+        runs.append(
+            {"run_id": run_id, "status": status, "params": params, "tags": tags, "metrics": metrics}
+        )
     con.close()
     return runs

@@ -38,6 +38,7 @@ def medlm_train(root: Path, overrides: list[str]) -> None:
     run/)."""
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MEDLM_HOME"] = str(root)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO)])
     proc = subprocess.run(
         [sys.executable, "-m", "medlm.cli.train", *overrides, f"hydra.run.dir={root / 'run'}"],

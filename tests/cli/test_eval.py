@@ -32,9 +32,11 @@ LIMIT = 9  # PubMedQA questions a test scores: evenly spread, so yes, no and may
 def run_eval(
     root: Path, args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> tuple[int, str, str]:
-    """``medlm-eval ARGS`` in-process from ``root``: exit status, stdout, stderr."""
+    """``medlm-eval ARGS`` in-process from ``root`` as the project (MEDLM_HOME): exit status,
+    stdout, stderr."""
     os.environ.pop("MLFLOW_TRACKING_URI", None)  # set by an earlier run's MLflow logger
     monkeypatch.chdir(root)
+    monkeypatch.setenv("MEDLM_HOME", str(root))
     monkeypatch.setattr(sys, "argv", ["medlm-eval", *args])
     try:
         cli.main()
@@ -94,6 +96,10 @@ def test_pubmedqa_scores_every_kind_of_source_and_records_where_users_look(
     assert code == 0, err
     assert "| model | acc | macro_f1 | f1_yes | f1_no | f1_maybe | n |" in out
     assert "| majority (always yes) |" in out  # what chance looks like, beside every result
+    # the closing summary: the evaluation's MLflow run, its folder, how to see it
+    eval_run = next(r for r in mlflow_runs(root) if r["run_id"] != train_run["run_id"])
+    assert f"run FINISHED\n  MLflow run  {eval_run['run_id']}  (experiment eval_pubmedqa)" in out
+    assert f"  run folder  {out_dir}" in out and "mlflow ui --backend-store-uri" in out
 
     results = json.loads((out_dir / "results.json").read_text())
     assert results["benchmark"] == "pubmedqa" and set(results["models"]) == {
@@ -329,3 +335,4 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
     assert not (out_dir / "results.json").exists() and len(mlflow_runs(root)) == before
+    assert not out_dir.exists(), "the run folder Hydra made was left behind"

@@ -3,6 +3,7 @@ uninterrupted run ends, with the same learning rate at every step and one gap-fr
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -33,11 +34,17 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.usefixtures("shared_data_dir")
-def test_pubmedqa_resumes_mid_epoch_exactly(tmp_path: Path, cache_dir: Path) -> None:
-    run_a, run_b, out_a, out_b = straight_and_resumed(
-        tmp_path, COMMON, stop=10, cache_dir=cache_dir
-    )
+def test_pubmedqa_resumes_mid_epoch_exactly(tmp_path: Path, cache_dir: Path, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="medlm.resume"):
+        run_a, run_b, out_a, out_b = straight_and_resumed(
+            tmp_path, COMMON, stop=10, cache_dir=cache_dir
+        )
     assert_same_run(run_a, run_b, out_a, out_b, steps=12)
+    # it says what it resumes: the checkpoint, where it stands, the MLflow run it continues
+    assert (
+        f"resuming from {out_b}/checkpoints/last.ckpt at epoch 1, step 8, "
+        f"into MLflow run {run_b['run_id']}" in caplog.text
+    )
 
 
 @pytest.mark.usefixtures("shared_data_dir")

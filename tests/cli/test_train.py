@@ -10,6 +10,7 @@ import torch
 
 from medlm.cli.train import train
 from tests.helpers import compose_train, mlflow_runs
+from tests.resume_helpers import straight_and_resumed
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
 # small batches keep the tests quick: the logits of GPT-2's 50,257-token vocabulary dominate a CPU
@@ -84,37 +85,23 @@ def test_quickstart_loss_falls_and_mlflow_records_the_run(tmp_path: Path, cache_
     assert sum(n.startswith("samples/epoch_") for n in names) == 2
 
 
-def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path: Path, cache_dir: Path) -> None:
+def test_resume_at_an_epoch_end_ends_where_an_uninterrupted_run_ends(
+    tmp_path: Path, cache_dir: Path
+) -> None:
+    """Stopped at the end of its first epoch and resumed (ckpt_path=auto, the same config: a
+    resume cannot change the schedule), a run ends as the straight run ends, in one MLflow run."""
     common = [
         "experiment=quickstart",
         *SMALL,
+        "trainer.max_epochs=2",
         "trainer.limit_train_batches=6",
         "+trainer.limit_val_batches=2",
         "callbacks.samples=null",
     ]
-    straight = compose_train(tmp_path / "a", common + ["trainer.max_epochs=2"], cache_dir=cache_dir)
-    train(straight)
-
-    out = tmp_path / "b" / "run"
-    train(
-        compose_train(
-            tmp_path / "b", common + ["trainer.max_epochs=1"], output_dir=out, cache_dir=cache_dir
-        )
-    )
-    train(
-        compose_train(
-            tmp_path / "b",
-            common + ["trainer.max_epochs=2", "ckpt_path=auto"],
-            output_dir=out,
-            cache_dir=cache_dir,
-        )
-    )
-
-    final_a = torch.load(tmp_path / "a" / "run" / "checkpoints" / "last.ckpt", weights_only=True)[
-        "state_dict"
-    ]
-    final_b = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    _, run_b, out_a, out_b = straight_and_resumed(tmp_path, common, stop=6, cache_dir=cache_dir)
+    final_a = torch.load(out_a / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    final_b = torch.load(out_b / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for name, tensor in final_a.items():
         torch.testing.assert_close(final_b[name], tensor, rtol=0, atol=1e-6, msg=name)
-    [run] = mlflow_runs(tmp_path / "b")  # the resumed run continued the same MLflow run
-    assert len(run["metrics"]["train/loss"]) == 12 and len(run["metrics"]["val/loss"]) == 2
+    assert len(run_b["metrics"]["train/loss"]) == 12 and len(run_b["metrics"]["val/loss"]) == 2
+    assert run_b["status"] == "FINISHED"

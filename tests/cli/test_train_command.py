@@ -1,5 +1,5 @@
 """medlm-train as a user runs it: a sweep from the shell, and each bad input as one clear line with
-exit 2."""
+exit 2 that leaves no run folder and no MLflow run."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from medlm.cli.train import main
+from tests.cli.train_cli import no_run_left, run_folders
 from tests.helpers import mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
@@ -32,8 +33,10 @@ TRAIN_BIN = Path(sys.executable).parent / "medlm-train"
 def run_main(
     argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> tuple[int, str]:
-    """``medlm-train ARGV`` in this process, from ``tmp_path``; returns the exit code and stderr."""
+    """``medlm-train ARGV`` in this process, from ``tmp_path`` as the project (MEDLM_HOME); returns
+    the exit code and stderr."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MEDLM_HOME", str(tmp_path))
     monkeypatch.setattr(sys, "argv", ["medlm-train", *argv])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
@@ -119,6 +122,8 @@ def test_bad_input_is_one_clear_line(
     assert len(errors) == 1 and expected in errors[0], f"{name}: {err}"
     assert "Traceback" not in err
     assert not list(tmp_path.rglob("*.tmp")), "a half-written file was left behind"
+    # found before the run was created: no MLflow run (no store even), no run folder
+    assert no_run_left(tmp_path), run_folders(tmp_path)
 
 
 def test_no_network_and_no_local_data_says_how_to_point_at_files(
@@ -129,6 +134,7 @@ def test_no_network_and_no_local_data_says_how_to_point_at_files(
     assert code == 2 and "Traceback" not in err
     [line] = [line for line in err.splitlines() if line.startswith("error: ")]
     assert "qiaojin/PubMedQA" in line and "MEDLM_DATA_DIR" in line and "data.path" in line
+    assert no_run_left(tmp_path), run_folders(tmp_path)
 
 
 @pytest.mark.slow

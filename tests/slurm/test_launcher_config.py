@@ -100,6 +100,7 @@ def test_the_local_launcher_runs_a_sweep_as_submitit_jobs(tmp_path: Path) -> Non
     from tests.slurm.test_slurm import TINY, TRAIN_BIN
 
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MEDLM_HOME"] = str(tmp_path)
     cmd = [str(TRAIN_BIN), "-m", "hydra/launcher=local", *TINY, "optim.lr=1e-4,3e-4"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

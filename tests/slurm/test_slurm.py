@@ -44,8 +44,10 @@ DDP_CPU = [
 
 
 def launch(root: Path, overrides: list[str]) -> subprocess.Popen:
-    """``medlm-train -m hydra/launcher=slurm ...`` from ``root``: it waits for its jobs to end."""
+    """``medlm-train -m hydra/launcher=slurm ...`` from ``root`` as the project (MEDLM_HOME): it
+    waits for its jobs to end."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MEDLM_HOME"] = str(root)
     return subprocess.Popen(
         [str(TRAIN_BIN), "-m", *SLURM, *overrides],
         cwd=root,

@@ -22,6 +22,20 @@ from medlm.utils.tracking import log_artifact
 
 log = logging.getLogger(__name__)
 
+# characters of a prompt or a reference shown; a longer one (by more than a quarter: cutting a few
+# lines out helps no one) keeps its start (the question) and its end (where the answer goes on),
+# and says how much of its middle was left out
+SHOWN_CHARACTERS = 1600
+
+
+def trim_middle(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    if len(text) <= limit * 5 // 4:
+        return text
+    head = limit * 5 // 8
+    tail = limit - head
+    left_out = len(text) - head - tail
+    return f"{text[:head]}\n[... {left_out} characters left out ...]\n{text[-tail:]}"
+
 
 class SampleGenerations(L.Callback):
     def __init__(
@@ -79,25 +93,36 @@ class SampleGenerations(L.Callback):
             / "samples"
             / f"epoch_{trainer.current_epoch:03d}_step_{trainer.global_step:06d}.md"
         )
+        budget = self.prompt_budget(pl_module)
         with atomic_write(path) as f:
             f.write(
                 f"# Samples after epoch {trainer.current_epoch}, step {trainer.global_step}\n\n"
             )
             for i, (prompt, answer, ref) in enumerate(zip(prompts, answers, refs)):
+                n_tokens = len(dm.tokenizer.encode_prompt(prompt))
+                seen = (
+                    f"; the model saw its last {budget} of {n_tokens} tokens"
+                    if n_tokens > budget
+                    else ""
+                )
                 f.write(
-                    f"## {i}\n\n**Prompt** "
-                    f"(end)\n\n```\n{prompt[-600:]}\n```\n\n**Generated**\n\n```\n{answer}\n```\n\n"
+                    f"## {i}\n\n**Prompt** ({len(prompt)} characters{seen})\n\n"
+                    f"```\n{trim_middle(prompt)}\n```\n\n**Generated**\n\n```\n{answer}\n```\n\n"
                 )
                 if ref is not None:
-                    f.write(f"**Reference**\n\n```\n{ref}\n```\n\n")
+                    f.write(f"**Reference**\n\n```\n{trim_middle(ref)}\n```\n\n")
         log_artifact(trainer.loggers, path, "samples")
+
+    def prompt_budget(self, pl_module: L.LightningModule) -> int:
+        """How many of a prompt's last tokens fit the context beside the answer."""
+        return pl_module.net.config.block_size - self.max_new_tokens
 
     def answer(
         self, pl_module: L.LightningModule, tokenizer: Tokenizer, prompts: list[str]
     ) -> list[str]:
         """Generate a continuation for each prompt, its start cut so that prompt and answer fit the
         context."""
-        budget = pl_module.net.config.block_size - self.max_new_tokens
+        budget = self.prompt_budget(pl_module)
         ids = [tokenizer.encode_prompt(p)[-budget:] for p in prompts]
         out = generate(
             pl_module.net,

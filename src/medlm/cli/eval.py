@@ -31,9 +31,11 @@ from medlm.errors import ConfigError
 from medlm.eval.benchmarks import BENCHMARKS
 from medlm.eval.models import ModelToScore, load_models
 from medlm.eval.report import Results
+from medlm.utils import preflight
 from medlm.utils.cli import CONFIG_DIR, run_hydra, user_errors
 from medlm.utils.mlflow_logger import check_tracking_server
 from medlm.utils.plots import write_confusion_matrix
+from medlm.utils.run_outcome import closing_summary, print_summary, summary
 from medlm.utils.tracking import log_artifact, make_loggers, mlflow_loggers, record_run
 
 log = logging.getLogger("medlm.eval")
@@ -60,6 +62,7 @@ def record(
     scored), and each scored training run's eval/<benchmark>/<metric>."""
     loggers = make_loggers(cfg, None)
     if not loggers:
+        print_summary(summary("FINISHED", out))
         return
     record_run(loggers, cfg, out, resumed=False)
     metrics = {
@@ -89,6 +92,7 @@ def record(
             client.set_tag(m.run_id, f"eval/{results.benchmark}/run", eval_run)
     for lg in loggers:
         lg.finalize("success")
+    closing_summary(cfg, out, loggers, best=None)
 
 
 def evaluate(cfg: DictConfig) -> Results:
@@ -97,6 +101,7 @@ def evaluate(cfg: DictConfig) -> Results:
     if name not in BENCHMARKS:
         raise ConfigError(f"benchmark.name: {name!r} is not one of {', '.join(BENCHMARKS)}")
     device = pick_device(str(cfg.device))
+    preflight.check_store(cfg)
     tracking_uri = ((cfg.get("logger") or {}).get("mlflow") or {}).get("tracking_uri")
     check_tracking_server(tracking_uri)  # a server that does not answer: now, not after scoring
     requested = dict(cfg.get("models") or {}) or dict(cfg.benchmark.get("default_models") or {})
@@ -119,14 +124,14 @@ def evaluate(cfg: DictConfig) -> Results:
     print(f"{results.title}\n\n{results.table()}\n")
     for m in models:
         print(f"{m.name}: {m.path}" + (f" (MLflow run {m.run_id})" if m.run_id else ""))
-    record(cfg, results, models, files, out)
-    print(f"outputs: {out}")
+    record(cfg, results, models, files, out)  # ends with the summary: run id, folder, MLflow UI
     return results
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> None:
-    with user_errors():
+    # a mistake found before any result is written leaves no run folder
+    with user_errors(), preflight.discard_unused_run_folder(cfg.paths.output_dir):
         evaluate(cfg)
 
 

@@ -33,6 +33,8 @@ from medlm.utils.io import atomic_path, atomic_write
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# cache files this process has already reported reading or writing
+_REPORTED: set[Path] = set()
 
 
 def default_cache_dir() -> Path:
@@ -147,9 +149,13 @@ class TokenCache:
         result."""
         cached = self.load(name, key)
         if cached is not None:
-            log.info("%s: %d tokens from cache %s", name, len(cached), self.path(name, key))
+            path = self.path(name, key)
+            if path not in _REPORTED:  # prepare_data and each setup read it: said once
+                log.info("%s: %d tokens from cache %s", name, len(cached), path)
+            _REPORTED.add(path)
             return cached
         tokens = build()
         path = self.save(name, key, tokens)
+        _REPORTED.add(path)
         log.info("%s: tokenised %d tokens into %s", name, len(tokens), path)
         return tokens

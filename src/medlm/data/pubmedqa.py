@@ -393,7 +393,8 @@ class PubMedQADataModule(L.LightningDataModule):
                 "data.exclude_official_test needs data.hub_config=pqa_labeled "
                 f"(the official test split is part of PQA-L), got {hub_config!r}"
             )
-        self.save_hyperparameters()
+        # in the checkpoint only: the run's params already hold them, as data.* (logged twice else)
+        self.save_hyperparameters(logger=False)
         self.path = path
         self.hub_id = hub_id
         self.hub_config = hub_config

@@ -19,6 +19,7 @@ networks.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import pickle
 import re
@@ -57,7 +58,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipped)
     except OSError as err:
-        raise MedlmError(f"{path}: cannot be read ({err.strerror or err})") from None
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EIO, errno.EISDIR):
+            raise MedlmError(f"{path}: cannot be read ({err.strerror or err})") from None
+        # torch's older-format reader seeks past the end of a truncated zip: EINVAL
+        raise MedlmError(
+            f"{path}: cannot be read as a weights-only checkpoint: truncated, or not a torch file"
+        ) from None
     except pickle.UnpicklingError as err:
         pickled = _PICKLED_GLOBAL.search(str(err))
         why = (

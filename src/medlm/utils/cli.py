@@ -14,6 +14,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from medlm.errors import ConfigError, MedlmError
+from medlm.utils.project import project_root
+from medlm.utils.quiet import quiet_libraries
 from medlm.utils.slurm import register_resolvers
 
 USER_ERROR_EXIT = 2
@@ -30,8 +32,11 @@ def find_config_dir() -> str:
 
 
 CONFIG_DIR = find_config_dir()
-# The project dir is where medlm-train runs. ${hydra:runtime.cwd} cannot name it: a sweeper lays out
-# its job dirs before Hydra's runtime config exists.
+# The project dir (paths.root_dir: mlruns/, logs/, .cache/): $MEDLM_HOME, else this checkout, else
+# the current directory (medlm.utils.project). A resolver, not ${hydra:runtime.cwd}: a sweeper lays
+# out its job dirs before Hydra's runtime config exists. medlm.cwd is kept for configs that use it.
+if not OmegaConf.has_resolver("medlm.root"):
+    OmegaConf.register_new_resolver("medlm.root", lambda: str(project_root(CONFIG_DIR)))
 if not OmegaConf.has_resolver("medlm.cwd"):
     OmegaConf.register_new_resolver("medlm.cwd", os.getcwd)
 
@@ -51,6 +56,25 @@ def find_user_error(exc: BaseException) -> MedlmError | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def is_hydra_user_error(exc: BaseException) -> bool:
+    """A Hydra error that is the user's: an unknown group option or key, a malformed override, a
+    target that does not take a key. An error raised inside a constructor is not (it is a bug, or a
+    MedlmError that :func:`find_user_error` finds)."""
+    from hydra.errors import HydraException, InstantiationException
+
+    if not isinstance(exc, HydraException):
+        return False
+    return not (
+        isinstance(exc, InstantiationException)
+        and not isinstance(exc.__cause__, (TypeError, type(None)))
+    )
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """A mistake in the user's input (config, data, paths), not a bug: one line, exit 2."""
+    return find_user_error(exc) is not None or is_hydra_user_error(exc)
 
 
 @contextmanager
@@ -100,18 +124,14 @@ def run_hydra(hydra_main: Callable[[], Any]) -> Any:
     """Run a ``@hydra.main`` function so that Hydra's own errors (an unknown group option or key, a
     malformed override, a target that does not take a key) are one ``error:`` line and exit 2, as
     every other user error. A crash inside medlm still shows its traceback."""
-    from hydra.errors import HydraException, InstantiationException
+    from hydra.errors import HydraException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing and exiting 1
+    quiet_libraries()
     try:
         return hydra_main()
     except HydraException as err:
-        bad_call = isinstance(err, InstantiationException) and not isinstance(
-            err.__cause__, (TypeError, type(None))
-        )
-        if (
-            bad_call
-        ):  # an error inside a constructor: a bug or a user error that is not a MedlmError
+        if not is_hydra_user_error(err):  # an error inside a constructor: a bug
             raise
         print(f"error: {_one_line(str(err))}", file=sys.stderr, flush=True)
         sys.exit(USER_ERROR_EXIT)
