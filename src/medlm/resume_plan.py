@@ -115,9 +115,10 @@ def is_finished(state: dict[str, Any], trainer: DictConfig) -> bool:
 
 
 def best_score(state: dict[str, Any]) -> tuple[str, float] | None:
-    """The ModelCheckpoint's monitored metric and its best value, as the checkpoint holds them."""
+    """The ModelCheckpoint's monitored metric and its best value, as the checkpoint holds them
+    (under its class name: ModelCheckpoint or a subclass such as FiniteModelCheckpoint)."""
     for name, cb in (state.get("callbacks") or {}).items():
-        if name.startswith("ModelCheckpoint") and cb.get("best_model_score") is not None:
+        if "ModelCheckpoint{" in name and cb.get("best_model_score") is not None:
             return str(cb.get("monitor")), float(cb["best_model_score"])
     return None
 
