@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from medlm.errors import ConfigError
 from medlm.utils.checks import is_int, is_number
 from medlm.utils.cli import is_user_error, user_errors
-from medlm.utils.mlflow_logger import sqlite_path
+from medlm.utils.mlflow_logger import check_tracking_server, sqlite_path
 
 log = logging.getLogger("medlm.preflight")
 
@@ -175,10 +175,13 @@ def check_writable_dir(path: str | os.PathLike, key: str) -> None:
 
 
 def check_store(cfg: DictConfig) -> None:
-    """The MLflow store's folders: the sqlite database's and the artifacts'."""
+    """The MLflow store: a tracking server answers; the sqlite database's and the artifacts'
+    folders are writable."""
     mlflow = (cfg.get("logger") or {}).get("mlflow")
     if not mlflow:
         return
+    # every rank stops here, together, when a tracking server does not answer
+    check_tracking_server(mlflow.get("tracking_uri"))
     db = sqlite_path(os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get("tracking_uri"))
     if db is not None:
         check_writable_dir(db.parent, "logger.mlflow.tracking_uri")

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from medlm.utils.io import atomic_write
-from medlm.utils.mlflow_logger import check_tracking_server, open_mlflow_logger
+from medlm.utils.mlflow_logger import open_mlflow_logger
 
 # MLflow rejects longer param values; a longer one (a long template) is cut and marked
 MAX_PARAM_LENGTH = 6000
@@ -85,8 +85,6 @@ def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
         if lcfg is None:
             continue
         if "MLFlowLogger" in lcfg._target_:
-            # every rank stops here, together, when a tracking server does not answer
-            check_tracking_server(lcfg.get("tracking_uri"))
             # only rank 0 writes to MLflow (its rank from SLURM_PROCID/RANK at import); jobs of a
             # sweep that start together open the store one at a time
             if rank_zero_only.rank == 0:
