@@ -41,11 +41,22 @@ def compose_train(
     return cfg
 
 
-def mlflow_runs(root: Path) -> list[dict]:
-    """Every run in ``root``'s MLflow store, with its params, tags and metric keys."""
+# the tag of a sweep's parent run (medlm.utils.sweep_callback)
+SWEEP_TAG = "medlm.sweep"
+
+
+def mlflow_runs(root: Path, parents: bool = False) -> list[dict]:
+    """Every run in ``root``'s MLflow store, with its params, tags and metric keys; a sweep's
+    parent run only with ``parents=True``."""
     con = sqlite3.connect(root / "mlruns" / "mlflow.db")
     runs = []
-    for (run_id,) in con.execute("SELECT run_uuid FROM runs ORDER BY start_time"):
+    query = "SELECT run_uuid FROM runs ORDER BY start_time"
+    if not parents:
+        query = (
+            "SELECT run_uuid FROM runs WHERE run_uuid NOT IN "
+            f"(SELECT run_uuid FROM tags WHERE key='{SWEEP_TAG}') ORDER BY start_time"
+        )
+    for (run_id,) in con.execute(query):
         params = dict(con.execute("SELECT key, value FROM params WHERE run_uuid=?", (run_id,)))
         tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid=?", (run_id,)))
         metrics: dict[str, list[tuple[int, float]]] = {}

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from medlm.cli.train import main
 from medlm.utils.sweeps import MLFLOW_PARENT_RUN_ID, PARENT_RUN_FILE
-from tests.helpers import mlflow_runs
+from tests.helpers import SWEEP_TAG, mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
 # a few steps of everything, nothing that does not matter here
@@ -52,8 +52,8 @@ def statuses(root: Path) -> dict[str, str]:
 
 
 def parent_and_children(root: Path) -> tuple[dict, list[dict]]:
-    runs = mlflow_runs(root)
-    [parent] = [r for r in runs if "medlm.sweep" in r["tags"]]
+    runs = mlflow_runs(root, parents=True)
+    [parent] = [r for r in runs if SWEEP_TAG in r["tags"]]
     children = [r for r in runs if r["tags"].get(MLFLOW_PARENT_RUN_ID) == parent["run_id"]]
     assert len(children) == len(runs) - 1, "every run of the sweep hangs under its parent"
     return parent, children
