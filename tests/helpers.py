@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from medlm.utils.cli import CONFIG_DIR
+from medlm.utils.sweeps import SWEEP_TAG
 
 
 def compose_train(
@@ -39,10 +40,6 @@ def compose_train(
             cfg.paths.cache_dir = str(cache_dir)
     HydraConfig().set_config(cfg)
     return cfg
-
-
-# the tag of a sweep's parent run (medlm.utils.sweep_callback)
-SWEEP_TAG = "medlm.sweep"
 
 
 def mlflow_runs(root: Path, parents: bool = False) -> list[dict]:

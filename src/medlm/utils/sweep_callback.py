@@ -42,6 +42,7 @@ from medlm.utils.sweep_plot import write_sweep_history
 from medlm.utils.sweeps import (
     COMPLETED,
     FAILED,
+    SWEEP_TAG,
     Trial,
     best_trial,
     read_trials,
@@ -187,7 +188,7 @@ class SweepParentRun(Callback):
                 )
             )
         tags = {
-            "medlm.sweep": kind,
+            SWEEP_TAG: kind,
             "sweep_dir": str(Path(sweep.sweep_dir).resolve()),
             "task_name": sweep.task_name,
             "git_commit": git_commit(Path(__file__).parent),

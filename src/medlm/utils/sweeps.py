@@ -37,6 +37,8 @@ from medlm.utils.io import atomic_write
 
 # MLflow nests a run under the run this tag names (mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID)
 MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
+# the tag that marks a sweep's parent run (its value: sweep or search)
+SWEEP_TAG = "medlm.sweep"
 PARENT_RUN_FILE = "mlflow_parent_run"
 TRIALS_DIR = "trials"
 
