@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from medlm.utils.cli import CONFIG_DIR
+from medlm.utils.sweeps import SWEEP_TAG
 
 
 def compose_train(
@@ -41,11 +42,18 @@ def compose_train(
     return cfg
 
 
-def mlflow_runs(root: Path) -> list[dict]:
-    """Every run in ``root``'s MLflow store, with its status, params, tags and metric keys."""
+def mlflow_runs(root: Path, parents: bool = False) -> list[dict]:
+    """Every run in ``root``'s MLflow store, with its status, params, tags and metric keys; a
+    sweep's parent run only with ``parents=True``."""
     con = sqlite3.connect(root / "mlruns" / "mlflow.db")
     runs = []
-    for run_id, status in con.execute("SELECT run_uuid, status FROM runs ORDER BY start_time"):
+    query = "SELECT run_uuid, status FROM runs ORDER BY start_time"
+    if not parents:
+        query = (
+            "SELECT run_uuid, status FROM runs WHERE run_uuid NOT IN "
+            f"(SELECT run_uuid FROM tags WHERE key='{SWEEP_TAG}') ORDER BY start_time"
+        )
+    for run_id, status in con.execute(query):
         params = dict(con.execute("SELECT key, value FROM params WHERE run_uuid=?", (run_id,)))
         tags = dict(con.execute("SELECT key, value FROM tags WHERE run_uuid=?", (run_id,)))
         metrics: dict[str, list[tuple[int, float]]] = {}

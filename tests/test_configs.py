@@ -93,3 +93,24 @@ def test_every_experiment_runs_fast_dev_run(
     if experiment in NEEDS_WEIGHTS:
         overrides.append(f"model.pretrained={tiny_hf_gpt2}")
     train(compose_train(tmp_path, overrides))
+
+
+SEARCHES = sorted(p.stem for p in (CONF / "hparams_search").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("search", SEARCHES)
+def test_every_search_space_names_real_keys_and_parses(search: str, tmp_path: Path) -> None:
+    """Each searched key exists in the experiment's config, the space is one Optuna takes, and the
+    direction agrees with the checkpoint callback that keeps the best of optimized_metric."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+    cfg = compose_train(tmp_path, [f"hparams_search={search}"])
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.sampler.seed is not None
+    space, fixed = create_params_from_overrides([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert len(space) >= 5 and not fixed
+    for key in space:
+        assert OmegaConf.select(cfg, key) is not None, f"{search}: {key} is not in the config"
+    ckpt = cfg.callbacks.model_checkpoint
+    assert ckpt.monitor == cfg.optimized_metric
+    assert sweeper.direction == {"min": "minimize", "max": "maximize"}[ckpt.mode]

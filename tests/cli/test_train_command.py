@@ -152,7 +152,7 @@ def test_the_console_script_reports_a_user_error_without_a_traceback(tmp_path: P
 
 
 @pytest.mark.slow
-def test_a_two_job_sweep_leaves_two_mlflow_runs(tmp_path: Path) -> None:
+def test_a_two_job_sweep_leaves_two_named_mlflow_runs_under_a_parent(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     proc = subprocess.run(
         [str(TRAIN_BIN), "-m", "optim.lr=1e-4,3e-4", *QUICK],
@@ -163,8 +163,13 @@ def test_a_two_job_sweep_leaves_two_mlflow_runs(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = mlflow_runs(tmp_path)
+    [parent, *runs] = mlflow_runs(tmp_path, parents=True)  # the parent starts first
+    assert parent["tags"]["mlflow.runName"].startswith("quickstart sweep optim.lr=1e-4,3e-4")
     assert len(runs) == 2
+    assert all(r["tags"]["mlflow.parentRunId"] == parent["run_id"] for r in runs)
+    names = sorted(r["tags"]["mlflow.runName"] for r in runs)
+    assert names[0].startswith("quickstart optim.lr=0.0001 ") and names[0].endswith(" #0")
+    assert names[1].startswith("quickstart optim.lr=0.0003 ") and names[1].endswith(" #1")
     assert sorted(r["params"]["optim.lr"] for r in runs) == ["0.0001", "0.0003"]
     assert sorted(r["tags"]["hydra_job_num"] for r in runs) == ["0", "1"]
     sweep_dirs = {r["tags"]["sweep_dir"] for r in runs}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import mlflow_runs
+from tests.helpers import SWEEP_TAG, mlflow_runs
 from tests.slurm.conftest import JOB_NAME
 
 pytestmark = [
@@ -71,7 +71,11 @@ def finish(proc: subprocess.Popen, timeout: int = 300) -> str:
 
 def run_statuses(root: Path) -> list[str]:
     con = sqlite3.connect(root / "mlruns" / "mlflow.db")
-    statuses = [status for (status,) in con.execute("SELECT status FROM runs ORDER BY start_time")]
+    query = (  # the sweep's parent run left out: it is the launching command's, not a job's
+        "SELECT status FROM runs WHERE run_uuid NOT IN "
+        f"(SELECT run_uuid FROM tags WHERE key='{SWEEP_TAG}') ORDER BY start_time"
+    )
+    statuses = [status for (status,) in con.execute(query)]
     con.close()
     return statuses
 
@@ -127,6 +131,36 @@ def test_a_two_job_sweep_leaves_two_runs(tmp_path: Path) -> None:
     array = jobs[0].split("_")[0]
     assert jobs == [f"{array}_0", f"{array}_1"]
     assert all(sacct_states(job) == ["COMPLETED"] for job in jobs)
+
+
+def test_a_two_trial_search_runs_its_trials_as_parallel_jobs_under_one_parent(
+    tmp_path: Path,
+) -> None:
+    """An Optuna search with n_jobs=2: both trials go to SLURM as one job array, at once; each
+    finds the sweep's parent run in the sweep folder from its own process."""
+    search = [
+        "hparams_search=medquad_alpaca_optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "data.block_size=64",
+        "trainer.enable_progress_bar=false",
+        "callbacks.samples=null",
+        "test=false",
+        "debug=limit",
+        "trainer.max_epochs=1",
+    ]
+    out = finish(launch(tmp_path, search))
+    [parent] = [r for r in mlflow_runs(tmp_path, parents=True) if SWEEP_TAG in r["tags"]]
+    runs = mlflow_runs(tmp_path)
+    assert run_statuses(tmp_path) == ["FINISHED", "FINISHED"]
+    assert all(r["tags"]["mlflow.parentRunId"] == parent["run_id"] for r in runs)
+    jobs = sorted(r["tags"]["slurm_job_id"] for r in runs)
+    array = jobs[0].split("_")[0]
+    assert jobs == [f"{array}_0", f"{array}_1"]
+    assert parent["params"]["launcher"] == "SlurmLauncher"
+    best = min(r["metrics"]["val/loss_best"][-1][1] for r in runs)
+    assert parent["metrics"]["val/loss_best"][-1][1] == best
+    assert "sweep: 2 trials ended: 2 completed, 0 failed" in out
 
 
 def test_a_two_task_job_runs_ddp_over_gloo_and_both_ranks_see_the_slurm_world(

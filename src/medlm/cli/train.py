@@ -2,7 +2,8 @@
 
 medlm-train                                        # experiment=quickstart
 medlm-train experiment=biomedgpt_pubmedqa trainer=gpu
-medlm-train -m optim.lr=1e-4,3e-4                  # a sweep: one MLflow run per job
+medlm-train -m optim.lr=1e-4,3e-4                  # a sweep: one MLflow run per job, one parent
+medlm-train -m hparams_search=medquad_alpaca_optuna # an Optuna search (pip install medlm[sweep])
 medlm-train hydra.run.dir=<a run's dir> ckpt_path=auto   # resume it, same MLflow run
 """
 
@@ -24,6 +25,8 @@ from medlm.resume_plan import ResumePlan, plan_resume
 from medlm.utils import preflight
 from medlm.utils.cli import CONFIG_DIR, run_hydra, user_errors
 from medlm.utils.run_outcome import closing_summary, failed_with_reason
+from medlm.utils.sweep_callback import closing_sweeps
+from medlm.utils.sweeps import in_sweep, trial_errors, trial_value
 from medlm.utils.tracking import make_loggers, mlflow_loggers, record_run
 
 log = logging.getLogger("medlm.train")
@@ -118,12 +121,15 @@ def train(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    with user_errors():
-        return train(cfg)
+    # a sweep's job hands its error to the sweeper, which records the trial as failed and goes on
+    with trial_errors() if in_sweep() else user_errors():
+        return trial_value(cfg, train(cfg))
 
 
 def main() -> None:
-    run_hydra(_hydra_main)
+    # a sweeper that stops on a failed job raises that job's error here
+    with user_errors(), closing_sweeps():
+        run_hydra(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from medlm.utils.io import atomic_write
 from medlm.utils.mlflow_logger import open_mlflow_logger
+from medlm.utils.run_names import run_name, task_overrides
+from medlm.utils.sweeps import MLFLOW_PARENT_RUN_ID, parent_run_id
 
 # MLflow rejects longer param values; a longer one (a long template) is cut and marked
 MAX_PARAM_LENGTH = 6000
@@ -78,6 +80,24 @@ def git_commit(repo: str | Path) -> str:
         return "unknown"
 
 
+def named_run(lcfg: DictConfig, cfg: DictConfig) -> DictConfig:
+    """The MLflow logger's config with the run's name (unless one is set: ``run_name: null``
+    means the experiment and its distinguishing overrides, :mod:`medlm.utils.run_names`) and, in a
+    sweep's job, the sweep's parent run (MLflow's ``mlflow.parentRunId`` tag)."""
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    extra: dict[str, Any] = {}
+    if lcfg.get("run_name") is None:
+        job_num = int(hydra_cfg.job.get("num") or 0) if multirun else None
+        extra["run_name"] = run_name(cfg.task_name, task_overrides(hydra_cfg), job_num)
+    parent = parent_run_id(hydra_cfg.sweep.dir) if multirun else None
+    if parent:
+        extra["tags"] = {**(lcfg.get("tags") or {}), MLFLOW_PARENT_RUN_ID: parent}
+    if not extra:
+        return lcfg
+    return OmegaConf.merge(OmegaConf.to_container(lcfg, resolve=True), extra)
+
+
 def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
     """The configured loggers; an MLflow logger continues run ``resume_run_id`` when given."""
     loggers = []
@@ -88,7 +108,7 @@ def make_loggers(cfg: DictConfig, resume_run_id: str | None) -> list[Logger]:
             # only rank 0 writes to MLflow (its rank from SLURM_PROCID/RANK at import); jobs of a
             # sweep that start together open the store one at a time
             if rank_zero_only.rank == 0:
-                loggers.append(open_mlflow_logger(lcfg, resume_run_id))
+                loggers.append(open_mlflow_logger(named_run(lcfg, cfg), resume_run_id))
             continue
         loggers.append(instantiate(lcfg))
     return loggers
