@@ -19,13 +19,11 @@ from lightning.pytorch.loggers import Logger
 import medlm.callbacks.hellaswag as hellaswag_callback
 from medlm.callbacks.hellaswag import HellaSwagEval
 from medlm.data.shard_datamodule import ShardDataModule
-from medlm.data.shard_writer import prepare_shards
 from medlm.data.tokenizer import load_tokenizer
 from medlm.errors import ConfigError, DataError
 from medlm.eval.hellaswag import HellaSwagCounts, load_hellaswag, score_hellaswag
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.modules.causal_lm import CausalLM
-from tests.data.test_shards import make_docs, write_jsonl
 from tests.eval.test_hellaswag import ITEMS
 
 TOK = load_tokenizer("gpt2")
@@ -40,16 +38,6 @@ def write_items(path: Path, n: int = 10) -> Path:
         lines.append(json.dumps(row))
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-@pytest.fixture(scope="module")
-def shard_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("hellaswag_shards")
-    src = write_jsonl(tmp / "docs.jsonl", make_docs(600, seed=5))
-    prepare_shards(
-        [str(src)], tmp / "out", shard_tokens=4000, val_tokens=1500, workers=1, progress=False
-    )
-    return tmp / "out"
 
 
 def tiny_module(vocab_size: int = 50257) -> CausalLM:
