@@ -20,7 +20,7 @@ import medlm.callbacks.hellaswag as hellaswag_callback
 from medlm.callbacks.hellaswag import HellaSwagEval
 from medlm.data.shard_datamodule import ShardDataModule
 from medlm.data.tokenizer import load_tokenizer
-from medlm.errors import ConfigError, DataError
+from medlm.errors import ConfigError, DataError, MedlmError
 from medlm.eval.hellaswag import HellaSwagCounts, load_hellaswag, score_hellaswag
 from medlm.models.gpt2 import GPT2, GPT2Config
 from medlm.modules.causal_lm import CausalLM
@@ -192,9 +192,15 @@ def test_a_bad_file_stops_the_fit_before_its_first_step(
     assert snaps.train_batches == 0
 
 
-def test_missing_file_and_wrong_vocabulary_stop_the_fit(tmp_path: Path, shard_dir: Path) -> None:
-    with pytest.raises(DataError, match="no_such_file.jsonl"):
-        fit(shard_dir, HellaSwagEval(path=str(tmp_path / "no_such_file.jsonl")))
+def test_missing_file_and_wrong_vocabulary_stop_the_fit(
+    tmp_path: Path, shard_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "no_such_file.jsonl"
+    with pytest.raises(DataError, match=f"callbacks.hellaswag.path={missing}: no such file"):
+        fit(shard_dir, HellaSwagEval(path=str(missing)))
+    monkeypatch.setenv("MEDLM_DATA_DIR", str(tmp_path))  # no hellaswag/ there; the Hub is offline
+    with pytest.raises(MedlmError, match="Rowan/hellaswag.*set callbacks.hellaswag.path=/path/"):
+        fit(shard_dir, HellaSwagEval())
     path = write_items(tmp_path / "val.jsonl", 2)
     with pytest.raises(ConfigError, match=r"callbacks.hellaswag: the model's vocabulary \(1,000"):
         fit(shard_dir, HellaSwagEval(path=str(path)), module=tiny_module(vocab_size=1000))

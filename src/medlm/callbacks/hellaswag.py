@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
 from medlm.data.tokenizer import Tokenizer
-from medlm.errors import ConfigError
+from medlm.errors import ConfigError, MedlmError
 from medlm.eval.hellaswag import (
     HUB_ID,
     HellaSwagCounts,
@@ -75,7 +75,10 @@ class HellaSwagEval(L.Callback):
         if stage != "fit" or self.items is not None:
             return
         check_vocab(pl_module.net, self.tokenizer(trainer), KEY)
-        self.items = load_hellaswag(self.path, self.limit, self.hub_id)
+        try:
+            self.items = load_hellaswag(self.path, self.limit, self.hub_id)
+        except MedlmError as err:  # the data sources name their setting data.path; here it is
+            raise type(err)(str(err).replace("data.path", f"{KEY}.path")) from err
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
