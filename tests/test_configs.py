@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from medlm.cli.prepare import main as prepare_main
 from medlm.cli.train import train
 from medlm.utils.cli import CONFIG_DIR
+from tests.callbacks.test_hellaswag import write_items
 from tests.helpers import compose_train
 
 CONF = Path(CONFIG_DIR)
@@ -40,6 +42,29 @@ NEEDS_WEIGHTS = {
     "linear_probe_question_pairs",
     "lora_pubmedqa",
 }
+# experiments on token shards: shards of real PubMedQA text made by medlm-prepare shards (the
+# pretrain_shards fixture), and what makes each CPU-sized; {hellaswag}: hand-made items in
+# HellaSwag's format (the test fixture of tests/callbacks, not the benchmark)
+ON_SHARDS = {
+    "gpt2_fineweb": [
+        "data.block_size=64",  # GPT-2 124M as configured, with a 64-token context
+        "module.compile=false",
+        "callbacks.samples.max_new_tokens=4",  # 124M generates slowly on a CPU
+        "callbacks.hellaswag.path={hellaswag}",
+    ],
+    "llama_medical_pretrain": ["data.block_size=64"],
+}
+
+
+@pytest.fixture(scope="module")
+def pretrain_shards(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("pretrain_shards")
+    source = f"pubmedqa:{shared_data_dir / 'pubmedqa'}"
+    rc = prepare_main(
+        ["shards", source, str(out), "--shard-tokens", "100000", "--workers", "1", "--no-progress"]
+    )
+    assert rc == 0
+    return out
 
 
 def test_every_config_file_is_tested() -> None:
@@ -80,6 +105,7 @@ def test_every_experiment_runs_fast_dev_run(
     shared_data_dir: Path,
     tiny_hf_gpt2: Path,
     token_cache_dir: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     overrides = [
         f"experiment={experiment}",
@@ -92,6 +118,11 @@ def test_every_experiment_runs_fast_dev_run(
     ]
     if experiment in NEEDS_WEIGHTS:
         overrides.append(f"model.pretrained={tiny_hf_gpt2}")
+    if experiment in ON_SHARDS:
+        shards = request.getfixturevalue("pretrain_shards")
+        hellaswag = write_items(tmp_path / "hellaswag_val.jsonl", 4)
+        overrides += [f"data.path={shards}"]
+        overrides += [o.format(hellaswag=hellaswag) for o in ON_SHARDS[experiment]]
     train(compose_train(tmp_path, overrides))
 
 

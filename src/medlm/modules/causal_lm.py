@@ -29,19 +29,23 @@ class CausalLM(OptimizedModule):
         net: nn.Module,
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., Any] | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__(net, optimizer, scheduler)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        # module.compile: the training and validation forward through torch.compile; callbacks
+        # (sample generation, HellaSwag) call self.net eagerly, as dynamo would recompile for
+        # every new length. Kept out of the submodules: its weights are net's, saved once.
+        self.__dict__["_compiled_net"] = torch.compile(net) if compile else None
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.tokens_seen = 0
 
     def forward(self, input_ids: Tensor, doc_ids: Tensor | None = None) -> Tensor:
         """Logits (B, T, vocab); packed examples (``doc_ids``) attend only within themselves."""
+        net = self.net if self._compiled_net is None else self._compiled_net
         if doc_ids is None:
-            return self.net(input_ids)
-        return self.net(
-            input_ids, pos=document_positions(doc_ids), mask=document_causal_mask(doc_ids)
-        )
+            return net(input_ids)
+        return net(input_ids, pos=document_positions(doc_ids), mask=document_causal_mask(doc_ids))
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Mean next-token cross-entropy over the labelled tokens, and how many there were."""
