@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medlm.errors import ConfigError
-from medlm.models.kv_cache import KVCache
+from medlm.models.kv_cache import KVCache, StaticKVCache, attention_inputs
 from medlm.utils.checks import (
     check_bool,
     check_positive_int,
@@ -100,7 +100,9 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | StaticKVCache | None, layer: int
+    ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
@@ -143,7 +145,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | StaticKVCache | None, layer: int
+    ) -> Tensor:
         x = x + self.attn(self.ln_1(x), mask, cache, layer)
         return x + self.mlp(self.ln_2(x))
 
@@ -193,15 +197,17 @@ class GPT2(nn.Module):
         max_len: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> KVCache:
-        """A KV cache for ``max_len`` positions, on the model's device and dtype by default."""
+        static: bool = False,
+    ) -> KVCache | StaticKVCache:
+        """A KV cache for ``max_len`` positions, on the model's device and dtype by default;
+        ``static``: a :class:`StaticKVCache` (fixed shapes, for ``torch.compile``)."""
         if max_len > self.config.block_size:
             raise ConfigError(
                 f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}"
             )
         p = self.lm_head.weight
         C, H = self.config.n_embd, self.config.n_head
-        return KVCache(
+        return (StaticKVCache if static else KVCache)(
             self.config.n_layer,
             batch_size,
             H,
@@ -216,34 +222,17 @@ class GPT2(nn.Module):
         idx: Tensor,
         pos: Tensor | None = None,
         mask: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
     ) -> Tensor:
         """(B, T) token ids -> (B, T, n_embd) final hidden states, after ln_f."""
-        B, T = idx.shape
-        past = 0 if cache is None else cache.length
-        if past + T > self.config.block_size:
-            raise ConfigError(
-                f"sequence of {T} tokens after {past} cached ones ({past + T} positions) "
-                f"exceeds block_size {self.config.block_size}"
-            )
-        if pos is None:
-            pos = torch.arange(past, past + T, device=idx.device)[None]  # (1, T)
-        if mask is None and past and T > 1:  # several new queries after a cached prefix
-            S = past + T
-            mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)[
-                None, None
-            ]
-        elif mask is not None and mask.size(-1) != past + T:
-            raise ValueError(
-                f"mask covers {mask.size(-1)} keys, expected {past + T} ({past} cached + {T} new)"
-            )
+        pos, mask = attention_inputs(idx, pos, mask, cache, self.config.block_size)
         x = self.transformer.drop(
             self.transformer.wte(idx) + self.transformer.wpe(pos)
         )  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, mask, cache, layer)
         if cache is not None:
-            cache.advance(T)
+            cache.advance(idx.size(1))
         return self.transformer.ln_f(x)
 
     def forward(
@@ -251,7 +240,7 @@ class GPT2(nn.Module):
         idx: Tensor,
         pos: Tensor | None = None,
         mask: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
     ) -> Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits."""
         return self.lm_head(self.hidden_states(idx, pos, mask, cache))
