@@ -89,8 +89,9 @@ class GPT2Config:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx  # which of the cache's layers is this one's
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.attn_dropout = config.attn_dropout
@@ -101,7 +102,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, cache: KVCache | StaticKVCache | None, layer: int
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | StaticKVCache | None
     ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
@@ -109,7 +110,7 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, H, S, D), S = cache.length + T
+            k, v = cache.update(self.layer_idx, k, v)  # (B, H, S, D), S = cache.length + T
             k, v = k.to(q.dtype), v.to(q.dtype)  # a cache kept in another dtype
         # mask None: plain causal when there is no cached prefix; a single new query with a prefix
         # may see every key (the model builds an explicit mask for several new queries).
@@ -138,17 +139,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
     def forward(
-        self, x: Tensor, mask: Tensor | None, cache: KVCache | StaticKVCache | None, layer: int
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | StaticKVCache | None
     ) -> Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache, layer)
+        x = x + self.attn(self.ln_1(x), mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -165,7 +166,7 @@ class GPT2(nn.Module):
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.embd_dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             )
         )
@@ -229,8 +230,8 @@ class GPT2(nn.Module):
         x = self.transformer.drop(
             self.transformer.wte(idx) + self.transformer.wpe(pos)
         )  # (B, T, C)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, mask, cache, layer)
+        for block in self.transformer.h:
+            x = block(x, mask, cache)
         if cache is not None:
             cache.advance(idx.size(1))
         return self.transformer.ln_f(x)
