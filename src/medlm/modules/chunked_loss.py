@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Tokens per chunk: 1024 x 50,257 float32 logits are 206 MB; smaller chunks measured no faster.
+# Tokens per chunk: the logits of 1024 tokens x 50,257 in float32 are 206 MB.
 CHUNK_TOKENS = 1024
 
 
@@ -87,7 +87,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # d loss / d logits = softmax - one_hot(target), zero on ignored rows
                 g = logits.sub_(lse[:, None]).exp_()
                 g.scatter_add_(1, target, torch.full_like(target, -1, dtype=g.dtype))
-                g = g.mul_(valid[:, None]).to(dtype)  # (n, V)
+                if not bool(valid.all()):
+                    g.mul_(valid[:, None])
+                g = g.to(dtype)  # (n, V)
                 if grad_hidden:
                     d_hidden[start:end] = g @ w
                 if grad_weight:
