@@ -23,6 +23,9 @@ a sum over it (bytes read); the median over rounds is used.
     make bench                                                     # GPT-2, batch 1 and 8, 1 thread
     .venv/bin/python benchmarks/bench_generate.py --threads 1 --batch-sizes 1,8 --repeats 5
     .venv/bin/python benchmarks/bench_generate.py --models gpt2,llama --no-cache --compile
+
+Last, a table of one decoding step's linear layers (GPT-2 124M's weights) with and without packed
+weights, per batch size: where packing starts to pay.
 """
 
 from __future__ import annotations
@@ -173,6 +176,54 @@ def bench(name: str, batch: int, args: argparse.Namespace, directory: Path) -> d
     }
 
 
+def packing_table(model: nn.Module, batches: list[int], repeats: int = 7) -> None:
+    """One decoding step's linear layers, on the model's own weights, through ``F.linear`` and
+    through the weights packed for the batch (``medlm.models.packed_linear``), alternating: where
+    packing starts to pay (``packed_linear.MIN_BATCH``)."""
+    import torch.nn.functional as F
+
+    from medlm.models import packed_linear
+
+    if not packed_linear.available():
+        print("\npacked weights: this torch has no MKL packed linear ops")
+        return
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    print(
+        f"\none decoding step's {len(linears)} linear layers (median of {repeats}, alternating; "
+        f"packed_linear.MIN_BATCH = {packed_linear.MIN_BATCH})"
+    )
+    print(
+        "| batch | F.linear ms | packed ms | F.linear / packed | packing ms | steps to repay |"
+        "\n|---:|---:|---:|---:|---:|---:|"
+    )
+    with torch.inference_mode():
+        for batch in batches:
+            xs = [torch.randn(batch, m.in_features) for m in linears]
+            start = time.perf_counter()
+            packed = [torch.ops.mkl._mkl_reorder_linear_weight(m.weight, batch) for m in linears]
+            pack = time.perf_counter() - start
+
+            def plain(xs: list = xs) -> None:
+                for m, x in zip(linears, xs):
+                    F.linear(x, m.weight, m.bias)
+
+            def fast(xs: list = xs, packed: list = packed, batch: int = batch) -> None:
+                for m, x, w in zip(linears, xs, packed):
+                    torch.ops.mkl._mkl_linear(x, w, m.weight, m.bias, batch)
+
+            plain(), fast()
+            t_plain, t_fast = [], []
+            for _ in range(repeats):
+                t_plain.append(timed(plain)[0])
+                t_fast.append(timed(fast)[0])
+            a, b = statistics.median(t_plain), statistics.median(t_fast)
+            repay = f"{pack / (a - b):.1f}" if a > b else "never"
+            print(
+                f"| {batch} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f} | {pack * 1e3:.0f} | "
+                f"{repay} |"
+            )
+
+
 def report(rows: list[dict], args: argparse.Namespace) -> None:
     print(
         "\n| model | batch | way | tokens/s | vs transformers | of the batch-1 ceiling | runs |"
@@ -221,6 +272,9 @@ def main() -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="also time medlm without a KV cache")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd steps")
+    p.add_argument(
+        "--skip-packing-table", action="store_true", help="leave out the per-layer packing table"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import transformers
@@ -236,6 +290,9 @@ def main() -> None:
             for batch in (int(b) for b in args.batch_sizes.split(",")):
                 rows.append(bench(name.strip(), batch, args, Path(tmp)))
     report(rows, args)
+    if not args.skip_packing_table:
+        with tempfile.TemporaryDirectory() as tmp:
+            packing_table(build_models("gpt2", Path(tmp))[0], [1, 2, 3, 4, 8])
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

@@ -37,13 +37,15 @@ def test_other_dtypes_and_devices_are_left_alone():
     net = _net().to(torch.float64)
     with packed_linears(net, 4):
         assert not any("forward" in vars(m) for m in net)
-    assert not packing_pays(net, 4)
+    assert not packing_pays(net, 4, 100)
 
 
 @needs_mkl
 def test_packing_pays_for_a_batch_and_with_memory(monkeypatch):
     net = _net()
-    assert packing_pays(net, packed_linear.MIN_BATCH)
-    assert not packing_pays(net, packed_linear.MIN_BATCH - 1)
+    batch, steps = packed_linear.MIN_BATCH, packed_linear.MIN_STEPS
+    assert packing_pays(net, batch, steps)
+    assert not packing_pays(net, batch - 1, steps)
+    assert not packing_pays(net, batch, steps - 1)
     monkeypatch.setattr(packed_linear, "_available_memory", lambda: 1000)
-    assert not packing_pays(net, 8)
+    assert not packing_pays(net, batch, steps)

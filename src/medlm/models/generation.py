@@ -225,7 +225,7 @@ def _generate(
         generator = torch.Generator(device=device).manual_seed(seed)
     done = [False] * B
     if packed is None:
-        packed = use_cache and not compile and packing_pays(model, B)
+        packed = use_cache and not compile and packing_pays(model, B, max_new_tokens - 1)
     decode_step = _compiled_step(device) if compile else last_logits
 
     was_training = model.training

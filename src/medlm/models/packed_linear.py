@@ -22,8 +22,10 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-# Below this batch the packed product measured no faster than F.linear (docs/benchmarks.md).
-MIN_BATCH = 2
+# Below this batch the packed product measured no faster than F.linear; packing all the weights
+# costs about as much as a few decoding steps save (docs/benchmarks.md).
+MIN_BATCH = 4
+MIN_STEPS = 16
 
 
 def available() -> bool:
@@ -35,11 +37,12 @@ def _linears(model: nn.Module) -> list[nn.Linear]:
     return [m for m in model.modules() if type(m) is nn.Linear]
 
 
-def packing_pays(model: nn.Module, batch_size: int) -> bool:
+def packing_pays(model: nn.Module, batch_size: int, steps: int) -> bool:
     """Whether ``generate`` packs by default: MKL present, float32 linear weights on the CPU, a
-    batch of at least ``MIN_BATCH`` rows, and room in memory for a second copy of the weights."""
+    batch of at least ``MIN_BATCH`` rows, at least ``MIN_STEPS`` decoding steps to repay the
+    packing, and room in memory for a second copy of the weights."""
     linears = _linears(model)
-    if batch_size < MIN_BATCH or not linears or not available():
+    if batch_size < MIN_BATCH or steps < MIN_STEPS or not linears or not available():
         return False
     if any(m.weight.device.type != "cpu" or m.weight.dtype != torch.float32 for m in linears):
         return False
