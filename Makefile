@@ -46,7 +46,7 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-bench: install  ## training tokens/s (Lightning vs a plain loop); generation tokens/s (vs transformers); shards
+bench: install  ## training tokens/s (vs a plain loop, the plain loss, uncompiled) and loss memory; generation (vs transformers, bandwidth ceiling); shards
 	$(PY) benchmarks/bench_train.py $(ARGS)
 	$(PY) benchmarks/bench_generate.py --threads 1
 	$(PY) benchmarks/bench_shards.py

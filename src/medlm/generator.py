@@ -25,6 +25,12 @@ from medlm.errors import ConfigError
 from medlm.loading import load_model
 from medlm.models.generation import generate
 
+INFERENCE_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,6 +108,7 @@ class Generator:
         max_seq_len: int,
         max_batch_size: int,
         seed: int = 1,
+        compile: bool = False,
     ) -> None:
         context = model.config.block_size
         for key, value in (("max_seq_len", max_seq_len), ("max_batch_size", max_batch_size)):
@@ -116,6 +123,9 @@ class Generator:
         self.max_seq_len = max_seq_len
         self.max_batch_size = max_batch_size
         self._rng = torch.Generator().manual_seed(seed)  # one seed per call, drawn from here
+        # decoding steps through torch.compile, on a static cache of max_seq_len slots: one
+        # compiled step serves every call of the same batch size
+        self.compile = compile
 
     @classmethod
     def build(
@@ -127,7 +137,8 @@ class Generator:
         seed: int = 1,
         *,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
+        compile: bool = False,
     ) -> Generator:
         """Load ``ckpt_dir`` (a Meta or Hugging Face directory, or a medlm ``.ckpt``) and its
         tokenizer
@@ -136,7 +147,8 @@ class Generator:
         ``max_seq_len`` bounds prompt plus generation (None: the model's context); ``seed`` makes
         the sequence of sampled completions reproducible. The model goes to ``device`` (default:
         CUDA
-        when available) in ``dtype`` (default: bfloat16 on a GPU that has it, else float32).
+        when available) in ``dtype`` (default: bfloat16 on a GPU that has it, else float32;
+        bfloat16 on a GPU without it is refused). ``compile``: see ``__init__``.
         """
         try:
             device = torch.device(device) if device is not None else default_device()
@@ -148,9 +160,15 @@ class Generator:
             raise ConfigError(f"device: {device} was asked for, but torch sees no CUDA GPU here")
         loaded = load_model(ckpt_dir, tokenizer_path, causal_lm=True)
         model, tokenizer = loaded.net, loaded.tokenizer
+        if isinstance(dtype, str):
+            if dtype not in INFERENCE_DTYPES:
+                raise ConfigError(f"dtype: {dtype!r} is not one of {', '.join(INFERENCE_DTYPES)}")
+            dtype = INFERENCE_DTYPES[dtype]
+        bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
         if dtype is None:
-            bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-            dtype = torch.bfloat16 if bf16 else torch.float32
+            dtype = torch.bfloat16 if bf16 and device.type == "cuda" else torch.float32
+        elif dtype == torch.bfloat16 and not bf16:
+            raise ConfigError(f"dtype: {device} has no bfloat16 support; use float16 or float32")
         model.to(device=device, dtype=dtype)
         return cls(
             model,
@@ -158,6 +176,7 @@ class Generator:
             model.config.block_size if max_seq_len is None else max_seq_len,
             max_batch_size,
             seed,
+            compile=compile,
         )
 
     def text_completion(
@@ -212,6 +231,8 @@ class Generator:
                 seed=seed,
                 use_cache=use_cache,
                 on_token=on_token,
+                compile=self.compile and use_cache,
+                cache_len=self.max_seq_len if self.compile and use_cache else None,
             )
         except _AllRowsDone:
             pass

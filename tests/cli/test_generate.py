@@ -241,6 +241,44 @@ def test_checkpoint_sampling_settings_and_no_cache(
     assert PROMPT + only_new == cached
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_weights(
+    gpt2_ckpt: Path, dtype: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--dtype: the model generates in that dtype (the same text with and without the cache)."""
+    seen = []
+    real = generation.last_logits
+
+    def spy(model, *args, **kwargs):
+        seen.append(next(model.parameters()).dtype)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(generation, "last_logits", spy)
+    base = [gpt2_ckpt, "--prompt", PROMPT, "--max-new-tokens", "6", "--temperature", "0"]
+    code, cached, err = run_cli(base + ["--dtype", dtype], capsys)
+    assert code == 0, err
+    assert set(seen) == {getattr(torch, dtype)}
+    assert run_cli(base + ["--dtype", dtype, "--no-cache"], capsys)[1] == cached
+    assert cached.startswith(PROMPT) and len(cached) > len(PROMPT) + 1
+
+
+def test_generator_refuses_an_unknown_dtype(gpt2_ckpt: Path) -> None:
+    with pytest.raises(ConfigError, match="dtype: 'half' is not one of float32, bfloat16"):
+        Generator.build(gpt2_ckpt, None, 32, 1, dtype="half")
+
+
+@pytest.mark.slow
+def test_compiled_decoding_gives_the_same_text(
+    gpt2_ckpt: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = [gpt2_ckpt, "--prompt", PROMPT, "--prompt", "Aspirin", "--max-new-tokens", "8"]
+    base += ["--temperature", "0"]
+    code, plain, _ = run_cli(base, capsys)
+    code, compiled, err = run_cli(base + ["--compile"], capsys)
+    assert code == 0, err
+    assert compiled == plain
+
+
 def test_stop_string_ends_the_output_before_it(
     gpt2_ckpt: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -474,6 +512,11 @@ def _binary_prompt_file(meta_dir: Path, tmp: Path) -> list:
         ),
         (lambda m, t: [m], "one of the arguments --prompt --prompt-file is required"),
         (lambda m, t: [m, "--prompt", "hi", "--max-new-tokens", "ten"], "invalid int value: 'ten'"),
+        (lambda m, t: [m, "--prompt", "hi", "--dtype", "fp8"], "invalid choice: 'fp8'"),
+        (
+            lambda m, t: [m, "--prompt", "hi", "--compile", "--no-cache"],
+            "--compile decodes with a static KV cache; it cannot go with --no-cache",
+        ),
     ],
     ids=[
         "missing-ckpt",
@@ -501,6 +544,8 @@ def _binary_prompt_file(meta_dir: Path, tmp: Path) -> list:
         "device",
         "no-prompt",
         "not-an-int",
+        "dtype",
+        "compile-no-cache",
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(

@@ -474,6 +474,27 @@ def test_second_run_reads_the_token_cache(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(calls) == 2  # a new template is a new key: train and val are tokenised again
 
 
+def test_a_cached_run_never_parses_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d = tmp_path / "alpaca"  # train only: validation is split off it, so the seed is in the key
+    write_jsonl(d / "train.jsonl", [alpaca(i, i % 2 == 0) for i in range(40)])
+    first = dm_for(tmp_path, path=str(d))
+    first.prepare_data()
+
+    def never(*args, **kwargs):
+        raise AssertionError("the source was parsed although its tokens are cached")
+
+    monkeypatch.setattr(instruct, "load_records", never)
+    monkeypatch.setattr(instruct, "parse_record", never)
+    again = dm_for(tmp_path, path=str(d))
+    again.prepare_data()
+    again.setup("fit")
+    assert np.array_equal(again.tokens("val")[0], first.tokens("val")[0])
+    with pytest.raises(AssertionError, match="source was parsed"):  # a new seed: a new split
+        dm_for(tmp_path, path=str(d), seed=7).prepare_data()
+
+
 # ------------------------------------------------------------------------------ bad inputs
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from medlm.data import packing
+from medlm.data import packing, pubmedqa
 from medlm.data.packing import EpochShuffleSampler
 from medlm.data.pubmedqa import (
     DEFAULT_TEMPLATE,
@@ -223,6 +223,32 @@ def test_second_setup_reads_the_cache_without_tokenising(
     )
     changed.setup("fit")
     assert len(calls) == 2  # a new template is a new key: train and val are tokenised again
+
+
+def test_a_cached_run_never_reads_or_parses_the_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache key needs only the source's identity and the settings: with the tokens cached,
+    neither reading the JSON nor parsing a record happens (seconds for pqa_artificial)."""
+    path = small_ori(tmp_path, n=40)
+    first = dm_for(path, tmp_path)
+    first.prepare_data()
+    first.setup("fit")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the source was read although its tokens are cached")
+
+    monkeypatch.setattr(LocalSource, "records", never)
+    monkeypatch.setattr(pubmedqa, "load_records", never)
+    monkeypatch.setattr(pubmedqa, "parse_record", never)
+    monkeypatch.setattr(packing, "tokenize_texts", raising_tokenizer)
+    again = dm_for(path, tmp_path)
+    again.prepare_data()
+    again.setup("fit")
+    assert np.array_equal(again.train_dataset.tokens, first.train_dataset.tokens)
+    assert np.array_equal(again.val_dataset.tokens, first.val_dataset.tokens)
+    with pytest.raises(AssertionError, match="source was read"):  # a new seed: a new split
+        dm_for(path, tmp_path, seed=7).prepare_data()
 
 
 @pytest.mark.shared_data

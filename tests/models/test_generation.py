@@ -16,6 +16,7 @@ from medlm.models.generation import (
     top_p_filter,
 )
 from medlm.models.gpt2 import GPT2, GPT2Config
+from medlm.models.llama import Llama, LlamaConfig
 
 VOCAB, BLOCK = 50, 48
 PROMPTS = [[3, 14, 15], [9, 2, 6, 5, 35, 8, 9], [7, 9, 3, 2, 38]]  # unequal: left padding
@@ -182,7 +183,7 @@ def test_batch_stops_when_every_row_is_done(model):
     ref = generate(model, PROMPTS[:1], 12, temperature=0)[0]
     eos = ref[2]
     calls = []
-    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    hook = model.transformer.ln_f.register_forward_hook(lambda *_: calls.append(1))  # per step
     try:
         out = generate(model, PROMPTS[:1], 12, temperature=0, eos_id=eos)
     finally:
@@ -339,3 +340,68 @@ def test_generate_text_drops_the_final_eos(model):
     eos = ref[0][3]
     out = generate_text(model, _encode, _decode, prompts, 10, temperature=0, eos_id=eos)
     assert out[0] == _decode(ref[0][:3])
+
+
+# ----------------------------------------------------------------------------------------------
+# Static cache, compiled steps, packed weights: the same tokens as the plain paths
+
+
+def _llama() -> Llama:
+    config = LlamaConfig(
+        vocab_size=VOCAB, n_layer=2, n_head=4, n_kv_head=2, n_embd=32, block_size=BLOCK
+    )
+    return _sharpen(Llama(config))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_static_cache_equals_dynamic_cache(model, arch):
+    m = model if arch == "gpt2" else _llama()
+    ref = generate(m, PROMPTS, 12, temperature=0, packed=False)
+    assert generate(m, PROMPTS, 12, temperature=0, static_cache=True, packed=False) == ref
+    # more slots than needed (a fixed size for every call): the extra ones stay masked
+    assert generate(m, PROMPTS, 12, temperature=0, static_cache=True, cache_len=BLOCK) == ref
+    assert generate(m, PROMPTS, 12, temperature=0, use_cache=False) == ref
+    kw = dict(temperature=1.5, top_k=20, seed=3)
+    assert generate(m, PROMPTS, 10, static_cache=True, **kw) == generate(m, PROMPTS, 10, **kw)
+
+
+def test_static_cache_needs_a_cache_and_room(model):
+    with pytest.raises(ValueError, match="use_cache is False"):
+        generate(model, PROMPTS, 4, static_cache=True, use_cache=False)
+    with pytest.raises(ValueError, match="cache_len: 5"):
+        generate(model, PROMPTS, 4, static_cache=True, cache_len=5)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_packed_weights_give_the_same_tokens(model, batch):
+    prompts = PROMPTS[:batch]
+    plain = generate(model, prompts, 12, temperature=0, packed=False)
+    assert generate(model, prompts, 12, temperature=0, packed=True) == plain
+    kw = dict(temperature=1.5, top_p=0.9, seed=11)
+    assert generate(model, prompts, 8, packed=True, **kw) == generate(
+        model, prompts, 8, packed=False, **kw
+    )
+
+
+def test_only_the_last_position_reaches_the_output_layer(model):
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: rows.append(args[0].shape))
+    try:
+        generate(model, PROMPTS, 3, temperature=0, packed=False)
+    finally:
+        hook.remove()
+    assert rows == [(3, 32)] * 3  # the prefill too: one position per row, not 7
+
+
+@pytest.mark.slow
+def test_compiled_static_steps_equal_eager_and_compile_once(model):
+    """torch.compile (inductor, CPU) of the decoding step: the same tokens, and one graph for
+    every step (the shapes never change, so nothing recompiles)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    ref = generate(model, PROMPTS, 10, temperature=0)
+    torch._dynamo.utils.counters.clear()
+    assert generate(model, PROMPTS, 10, temperature=0, compile=True) == ref
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert generate(model, PROMPTS[:2], 10, temperature=0, compile=True, cache_len=BLOCK) == ref[:2]

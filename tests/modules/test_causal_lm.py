@@ -66,23 +66,3 @@ def test_loss_is_the_mean_over_labelled_tokens_only() -> None:
     keep = labels != -100
     assert n == keep.sum()
     torch.testing.assert_close(loss, F.cross_entropy(logits[keep], labels[keep]))
-
-
-@pytest.mark.slow  # inductor compiles C++ for the CPU: ~10-20 s
-def test_compile_switch_compiles_the_training_forward_and_keeps_the_checkpoint_keys() -> None:
-    eager = tiny_module()
-    compiled = CausalLM(eager.net, partial(torch.optim.AdamW), compile=True)
-    assert list(compiled.state_dict()) == list(eager.state_dict())  # each weight once, under net
-    assert isinstance(compiled._compiled_net, torch._dynamo.eval_frame.OptimizedModule)
-    assert compiled._compiled_net._orig_mod is compiled.net and eager._compiled_net is None
-    x = torch.randint(0, 97, (2, 16))
-    batch = {"input_ids": x, "labels": torch.roll(x, -1, 1)}
-    want, _ = eager.loss(batch)
-    want.backward()
-    grads = [p.grad.clone() for p in eager.net.parameters()]
-    eager.net.zero_grad(set_to_none=True)
-    got, _ = compiled.loss(batch)
-    got.backward()
-    torch.testing.assert_close(got, want)
-    for g, p in zip(grads, compiled.net.parameters()):
-        torch.testing.assert_close(p.grad, g)

@@ -79,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)"
     )
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        default="auto",
+        help="weights for inference (default auto: bfloat16 on a GPU that has it, else float32)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with a static KV cache through torch.compile, whose CUDA graphs are meant "
+        "for GPUs (the first batch pays the compilation)",
+    )
     return p
 
 
@@ -104,6 +116,8 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size: {args.batch_size} is not a positive integer")
     if args.max_new_tokens < 0:
         raise ConfigError(f"--max-new-tokens: {args.max_new_tokens} is negative")
+    if args.compile and args.no_cache:
+        raise ConfigError("--compile decodes with a static KV cache; it cannot go with --no-cache")
     generator = Generator.build(
         args.model,
         args.tokenizer,
@@ -111,6 +125,8 @@ def run(args: argparse.Namespace) -> None:
         min(args.batch_size, len(prompts)),
         seed=args.seed,
         device=args.device,
+        dtype=None if args.dtype == "auto" else args.dtype,
+        compile=args.compile,
     )
     generator.encode_prompts(prompts, args.max_new_tokens)  # every prompt fits, before any output
     settings = dict(

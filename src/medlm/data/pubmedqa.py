@@ -20,7 +20,7 @@ import math
 import random
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -501,18 +501,21 @@ class PubMedQADataModule(L.LightningDataModule):
             **extra,
         )
 
-    def _tokens(self, name: str, key: str, records: Sequence[PubMedQARecord]) -> np.ndarray:
+    def _tokens(
+        self, name: str, key: str, records: Callable[[], Sequence[PubMedQARecord]]
+    ) -> np.ndarray:
+        """The cached tokens of (name, key); ``records`` is called, and the source read and
+        parsed, only on a miss: the key needs nothing but the source's identity and settings."""
         # packing.tokenize_texts looked up at call time, so a test can count the calls
         return self.cache.get_or_build(
             f"pubmedqa-{name}",
             key,
             lambda: packing.tokenize_texts(
-                (r.format(self.template) for r in records), self.tokenizer
+                (r.format(self.template) for r in records()), self.tokenizer
             ),
         )
 
     def _fit_tokens(self) -> tuple[np.ndarray, np.ndarray]:
-        train, val = self.train_val_records()
         key = self._key(
             "train",
             "val",
@@ -520,10 +523,13 @@ class PubMedQADataModule(L.LightningDataModule):
             val_fraction=self.val_fraction,
             exclude_official_test=self.exclude_official_test,
         )
-        return self._tokens("train", key, train), self._tokens("val", key, val)
+        return (
+            self._tokens("train", key, lambda: self.train_val_records()[0]),
+            self._tokens("val", key, lambda: self.train_val_records()[1]),
+        )
 
     def _test_tokens(self) -> np.ndarray:
-        return self._tokens("test", self._key("official-test"), self.official_test_split())
+        return self._tokens("test", self._key("official-test"), self.official_test_split)
 
     def prepare_data(self) -> None:
         """Rank 0: read, format and tokenise into the cache, so that other ranks only read it."""

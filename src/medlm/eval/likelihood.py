@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from medlm.data.tokenizer import Tokenizer
 from medlm.errors import ConfigError
+from medlm.models.kv_cache import output_layer
 
 # (prompt token ids, [continuation token ids, ...])
 Request = tuple[Sequence[int], Sequence[Sequence[int]]]
@@ -61,17 +62,6 @@ def check_vocab(model: nn.Module, tokenizer: Tokenizer, where: str = "model") ->
 def model_device(model: nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def output_layer(model: nn.Module) -> nn.Module | None:
-    """The vocabulary projection after ``hidden_states``, when the model has both."""
-    if not callable(getattr(model, "hidden_states", None)):
-        return None
-    for name in ("lm_head", "output"):
-        layer = getattr(model, name, None)
-        if isinstance(layer, nn.Module):
-            return layer
-    return None
 
 
 @dataclass

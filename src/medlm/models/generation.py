@@ -2,19 +2,30 @@
 of :mod:`medlm.models.kv_cache` (``model(idx, pos, mask, cache)``, ``model.new_cache``,
 ``model.config.block_size``, ``model.config.vocab_size``).
 
-Prompts of different lengths are left-padded into one batch; the padding is masked out of
-attention and skipped by the positions, so that every row generates exactly what it would alone.
+Prompts of different lengths are left-padded into one batch that shares one prefill; the padding
+is masked out of attention and skipped by the positions, so that every row generates exactly what
+it would alone. Only the last position of each call goes through the output layer
+(:func:`medlm.models.kv_cache.last_logits`).
+
+Three ways to decode, the same tokens from each: without a cache (every step recomputes every
+position), with a :class:`~medlm.models.kv_cache.KVCache` (the default), and with a
+:class:`~medlm.models.kv_cache.StaticKVCache` whose fixed shapes let ``torch.compile`` capture
+one decoding step (``compile=True``; worth it on a GPU, where CUDA graphs replay the step).
+On an x86 CPU in float32, the cached decoding steps run the linear layers on weights packed once
+for the batch (:mod:`medlm.models.packed_linear`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import torch
 from torch import Tensor
 
 from medlm.errors import ConfigError, NonFiniteLogits
-from medlm.models.kv_cache import padded_causal_mask
+from medlm.models.kv_cache import causal_mask_at, last_logits, padded_causal_mask
+from medlm.models.packed_linear import packed_linears, packing_pays
 
 # ----------------------------------------------------------------------------------------------
 # Sampling
@@ -111,6 +122,10 @@ def generate(
     use_cache: bool = True,
     pad_id: int = 0,
     on_token: Callable[[int, int], None] | None = None,
+    static_cache: bool = False,
+    compile: bool = False,
+    cache_len: int | None = None,
+    packed: bool | None = None,
 ) -> list[list[int]]:
     """Continue each prompt by up to ``max_new_tokens`` tokens; return only the new tokens.
 
@@ -118,6 +133,12 @@ def generate(
     tokens are part of its result); the batch stops when every row has. ``on_token(row, token)``
     is called for every token as soon as it is chosen, for streaming: the calls of a row spell
     out its result. ``seed`` makes sampling reproducible; without it the global RNG is used.
+
+    ``static_cache`` decodes with a fixed-shape cache of ``cache_len`` slots (default: the longest
+    prompt plus ``max_new_tokens``; a fixed value lets one compiled step serve calls with other
+    prompt lengths); ``compile`` (implies ``static_cache``) runs the decoding steps through
+    ``torch.compile``. ``packed`` (None: when it pays, see :func:`packing_pays`) runs the cached
+    decoding steps on weights packed for the batch.
     """
     return _generate(
         model,
@@ -133,6 +154,10 @@ def generate(
         pad_id=pad_id,
         on_token=on_token,
         stop_fn=None,
+        static_cache=static_cache,
+        compile=compile,
+        cache_len=cache_len,
+        packed=packed,
     )
 
 
@@ -188,10 +213,17 @@ def _generate(
     pad_id: int = 0,
     on_token: Callable[[int, int], None] | None = None,
     stop_fn: Callable[[int, list[int]], bool] | None = None,
+    static_cache: bool = False,
+    compile: bool = False,
+    cache_len: int | None = None,
+    packed: bool | None = None,
 ) -> list[list[int]]:
     """``generate``, plus ``stop_fn(row, new_tokens) -> bool`` checked after every token."""
     block_size, vocab_size = model.config.block_size, model.config.vocab_size
     _check_inputs(prompts, max_new_tokens, block_size, vocab_size, stop_sequences)
+    static_cache = static_cache or compile
+    if static_cache and not use_cache:
+        raise ValueError("static_cache / compile: they decode with a cache; use_cache is False")
     stops = [list(s) for s in (stop_sequences or [])]
     B = len(prompts)
     out: list[list[int]] = [[] for _ in range(B)]
@@ -201,39 +233,48 @@ def _generate(
     device = next(model.parameters()).device
     P = max(len(p) for p in prompts)
     total = P + max_new_tokens
+    n_slots = total - 1 if cache_len is None else cache_len  # the last token is never fed in
+    if n_slots < total - 1:
+        raise ValueError(f"cache_len: {cache_len} < prompt + new tokens - 1 = {total - 1}")
     tokens = torch.full((B, total), pad_id, dtype=torch.long, device=device)  # left-padded prompts
-    valid = torch.zeros(B, total, dtype=torch.bool, device=device)  # True on real tokens
+    valid = torch.ones(B, max(total, n_slots), dtype=torch.bool, device=device)  # real tokens
     for b, p in enumerate(prompts):
         tokens[b, P - len(p) : P] = torch.tensor(list(p), dtype=torch.long)
-        valid[b, P - len(p) :] = True  # and every token generated after the prompt
+        valid[b, : P - len(p)] = False  # every token after the prompt is generated: real
     padded = not bool(valid[:, :P].all())
     pos = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, total): padding does not count
     generator = None
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     done = [False] * B
+    if packed is None:
+        packed = use_cache and not compile and packing_pays(model, B, max_new_tokens - 1)
+    decode_step = _compiled_step(device) if compile else last_logits
 
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            cache = model.new_cache(B, total - 1) if use_cache else None
+        with torch.inference_mode(), packed_linears(model, B) if packed else nullcontext():
+            cache = model.new_cache(B, n_slots, static=static_cache) if use_cache else None
             for step in range(max_new_tokens):
                 end = P + step  # tokens[:, :end] are known
-                start = (
-                    end - 1 if use_cache and step > 0 else 0
-                )  # with a cache, feed only what is new
-                mask = padded_causal_mask(valid[:, :end], end - start) if padded else None
-                logits = model(
-                    tokens[:, start:end],
-                    pos=pos[:, start:end] if padded else None,
-                    mask=mask,
-                    cache=cache,
-                )  # (B, T, vocab)
+                start = end - 1 if use_cache and step > 0 else 0  # with a cache, only the new
+                if static_cache:  # every slot is a key; those after the query are masked
+                    cache.slots = torch.arange(start, end, device=device)
+                    mask = causal_mask_at(valid[:, :n_slots], start, end)  # (B, 1, T, n_slots)
+                    step_fn = decode_step if step > 0 else last_logits  # prefill: eager
+                    logits = step_fn(model, tokens[:, start:end], pos[:, start:end], mask, cache)
+                else:
+                    mask = padded_causal_mask(valid[:, :end], end - start) if padded else None
+                    logits = last_logits(
+                        model,
+                        tokens[:, start:end],
+                        pos=pos[:, start:end] if padded else None,
+                        mask=mask,
+                        cache=cache,
+                    )  # (B, vocab)
                 try:
-                    next_ids = sample_logits(
-                        logits[:, -1], temperature, top_k, top_p, generator
-                    )  # (B,)
+                    next_ids = sample_logits(logits, temperature, top_k, top_p, generator)  # (B,)
                 except NonFiniteLogits as err:
                     raise NonFiniteLogits(f"{err} (at generated token {step + 1})") from None
                 tokens[:, end] = next_ids
@@ -253,6 +294,19 @@ def _generate(
     finally:
         model.train(was_training)
     return out
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled_step(device: torch.device) -> Callable:
+    """``last_logits`` through ``torch.compile``, one per device type (its cache of graphs is
+    kept across calls: the same model, batch and cache size reuse the graph). On CUDA the mode is
+    ``reduce-overhead``: the step is replayed as a CUDA graph."""
+    if device.type not in _COMPILED:
+        mode = "reduce-overhead" if device.type == "cuda" else None
+        _COMPILED[device.type] = torch.compile(last_logits, mode=mode, dynamic=False)
+    return _COMPILED[device.type]
 
 
 def _check_inputs(

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medlm.errors import ConfigError
-from medlm.models.kv_cache import KVCache
+from medlm.models.kv_cache import KVCache, StaticKVCache, attention_inputs
 from medlm.utils.checks import (
     check_bool,
     check_positive_int,
@@ -89,8 +89,9 @@ class GPT2Config:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
+        self.layer_idx = layer_idx  # which of the cache's layers is this one's
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.attn_dropout = config.attn_dropout
@@ -100,14 +101,16 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.resid_dropout)
 
-    def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | StaticKVCache | None
+    ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, H, T, D)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, H, S, D), S = cache.length + T
+            k, v = cache.update(self.layer_idx, k, v)  # (B, H, S, D), S = cache.length + T
             k, v = k.to(q.dtype), v.to(q.dtype)  # a cache kept in another dtype
         # mask None: plain causal when there is no cached prefix; a single new query with a prefix
         # may see every key (the model builds an explicit mask for several new queries).
@@ -136,15 +139,17 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None, layer: int) -> Tensor:
-        x = x + self.attn(self.ln_1(x), mask, cache, layer)
+    def forward(
+        self, x: Tensor, mask: Tensor | None, cache: KVCache | StaticKVCache | None
+    ) -> Tensor:
+        x = x + self.attn(self.ln_1(x), mask, cache)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -161,7 +166,7 @@ class GPT2(nn.Module):
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.embd_dropout),
-                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias),
             )
         )
@@ -193,15 +198,17 @@ class GPT2(nn.Module):
         max_len: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> KVCache:
-        """A KV cache for ``max_len`` positions, on the model's device and dtype by default."""
+        static: bool = False,
+    ) -> KVCache | StaticKVCache:
+        """A KV cache for ``max_len`` positions, on the model's device and dtype by default;
+        ``static``: a :class:`StaticKVCache` (fixed shapes, for ``torch.compile``)."""
         if max_len > self.config.block_size:
             raise ConfigError(
                 f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}"
             )
         p = self.lm_head.weight
         C, H = self.config.n_embd, self.config.n_head
-        return KVCache(
+        return (StaticKVCache if static else KVCache)(
             self.config.n_layer,
             batch_size,
             H,
@@ -216,34 +223,17 @@ class GPT2(nn.Module):
         idx: Tensor,
         pos: Tensor | None = None,
         mask: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
     ) -> Tensor:
         """(B, T) token ids -> (B, T, n_embd) final hidden states, after ln_f."""
-        B, T = idx.shape
-        past = 0 if cache is None else cache.length
-        if past + T > self.config.block_size:
-            raise ConfigError(
-                f"sequence of {T} tokens after {past} cached ones ({past + T} positions) "
-                f"exceeds block_size {self.config.block_size}"
-            )
-        if pos is None:
-            pos = torch.arange(past, past + T, device=idx.device)[None]  # (1, T)
-        if mask is None and past and T > 1:  # several new queries after a cached prefix
-            S = past + T
-            mask = torch.ones(T, S, dtype=torch.bool, device=idx.device).tril(diagonal=past)[
-                None, None
-            ]
-        elif mask is not None and mask.size(-1) != past + T:
-            raise ValueError(
-                f"mask covers {mask.size(-1)} keys, expected {past + T} ({past} cached + {T} new)"
-            )
+        pos, mask = attention_inputs(idx, pos, mask, cache, self.config.block_size)
         x = self.transformer.drop(
             self.transformer.wte(idx) + self.transformer.wpe(pos)
         )  # (B, T, C)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, mask, cache, layer)
+        for block in self.transformer.h:
+            x = block(x, mask, cache)
         if cache is not None:
-            cache.advance(T)
+            cache.advance(idx.size(1))
         return self.transformer.ln_f(x)
 
     def forward(
@@ -251,7 +241,7 @@ class GPT2(nn.Module):
         idx: Tensor,
         pos: Tensor | None = None,
         mask: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
     ) -> Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits."""
         return self.lm_head(self.hidden_states(idx, pos, mask, cache))

@@ -12,13 +12,22 @@ evaluation code never branch on the architecture:
             over the keys and values it returns; the model calls ``cache.advance(T)`` once, after
             its last layer.
 
-and offers ``model.new_cache(batch_size, max_len)`` sized for its own layers and heads.
+and offers ``model.new_cache(batch_size, max_len, static=False)`` sized for its own layers and
+heads: a :class:`KVCache`, or with ``static=True`` a :class:`StaticKVCache` whose shapes never
+change from one step to the next (for ``torch.compile``; it needs explicit ``pos`` and ``mask``).
+
+A model may also offer ``model.hidden_states(idx, pos, mask, cache) -> (B, T, n_embd)`` and an
+output layer (``lm_head`` or ``output``): then a caller that needs logits at a few positions only
+(the last one when generating, the scored ones when evaluating, chunks of tokens in the loss)
+runs the output layer there alone: :func:`output_layer`, :func:`last_logits`.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from medlm.errors import ConfigError
 
 
 class KVCache:
@@ -59,6 +68,79 @@ class KVCache:
         self.length = 0
 
 
+class StaticKVCache:
+    """A cache whose tensors keep one shape for the whole generation, for ``torch.compile``.
+
+    Every layer has its own fixed (B, H_kv, max_len, D) buffers; ``update`` writes the new keys and
+    values at the slots held in the tensor ``slots`` (set by the caller before each call) and
+    returns the whole buffers. So a decoding step has the same shapes and no Python-side position
+    at every step, and a compiled step (CUDA graphs included) is captured once and replayed. The
+    caller's mask (required, over all ``max_len`` slots) hides the slots not written yet.
+    """
+
+    def __init__(
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.slots = torch.zeros(0, dtype=torch.long, device=device)  # (T,) where T new ones go
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].size(2)
+
+    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, H_kv, T, D) at ``slots`` (T,); return every slot (B, H_kv, max_len, D)."""
+        self.k[layer][:, :, self.slots] = k  # an index_put_: captured in place by torch.compile
+        self.v[layer][:, :, self.slots] = v
+        return self.k[layer], self.v[layer]
+
+    def advance(self, n: int) -> None:
+        """Nothing to do: the caller moves ``slots``."""
+
+
+def attention_inputs(
+    idx: Tensor,
+    pos: Tensor | None,
+    mask: Tensor | None,
+    cache: KVCache | StaticKVCache | None,
+    block_size: int,
+) -> tuple[Tensor, Tensor | None]:
+    """``pos`` and ``mask`` of the calling convention with their defaults filled in and checked,
+    the same for every model: positions ``cache.length`` onwards, (1, T); plain causal attention
+    (None) unless several new tokens follow a cached prefix. A static cache takes both as given."""
+    T = idx.size(1)
+    if isinstance(cache, StaticKVCache):
+        if pos is None or mask is None:
+            raise ValueError("a StaticKVCache needs explicit pos and mask (over all its slots)")
+        if mask.size(-1) != cache.max_len:
+            raise ValueError(f"mask covers {mask.size(-1)} keys, expected {cache.max_len} slots")
+        return pos, mask
+    past = 0 if cache is None else cache.length
+    if past + T > block_size:
+        raise ConfigError(
+            f"sequence of {T} tokens after {past} cached ones ({past + T} positions) "
+            f"exceeds block_size {block_size}"
+        )
+    if pos is None:
+        pos = torch.arange(past, past + T, device=idx.device)[None]  # (1, T)
+    if mask is None and past and T > 1:  # several new queries after a cached prefix
+        mask = causal_mask_at(torch.ones(1, past + T, dtype=torch.bool, device=idx.device), past)
+    elif mask is not None and mask.size(-1) != past + T:
+        raise ValueError(
+            f"mask covers {mask.size(-1)} keys, expected {past + T} ({past} cached + {T} new)"
+        )
+    return pos, mask
+
+
 def padded_causal_mask(key_valid: Tensor, n_queries: int) -> Tensor:
     """Causal mask over left-padded sequences: (B, S) bool of real keys -> (B, 1, T, S) bool.
 
@@ -66,7 +148,16 @@ def padded_causal_mask(key_valid: Tensor, n_queries: int) -> Tensor:
     row is empty (an empty row would make attention return NaN); its output is never used.
     """
     S = key_valid.size(1)
-    q_pos = torch.arange(S - n_queries, S, device=key_valid.device)[:, None]  # (T, 1)
+    return causal_mask_at(key_valid, S - n_queries, S)
+
+
+def causal_mask_at(key_valid: Tensor, start: int, end: int | None = None) -> Tensor:
+    """``padded_causal_mask`` for the queries at columns ``start .. end - 1`` (default: to the
+    last) of the S keys: (B, S) bool -> (B, 1, end - start, S) bool. Keys after a query are hidden,
+    so a static cache's slots that are not written yet are too."""
+    S = key_valid.size(1)
+    end = S if end is None else end
+    q_pos = torch.arange(start, end, device=key_valid.device)[:, None]  # (T, 1)
     k_pos = torch.arange(S, device=key_valid.device)[None, :]  # (1, S)
     causal = k_pos <= q_pos  # (T, S)
     mask = causal[None] & key_valid[:, None, :]  # (B, T, S)
@@ -91,3 +182,33 @@ def document_positions(doc_ids: Tensor) -> Tensor:
     starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
     start_idx = torch.where(starts, idx, torch.zeros_like(idx)).cummax(dim=1).values
     return idx - start_idx
+
+
+# ----------------------------------------------------------------------------------------------
+# Logits at the positions that are used
+
+
+def output_layer(model: nn.Module) -> nn.Module | None:
+    """The vocabulary projection after ``hidden_states``, when the model has both."""
+    if not callable(getattr(model, "hidden_states", None)):
+        return None
+    for name in ("lm_head", "output"):
+        layer = getattr(model, name, None)
+        if isinstance(layer, nn.Module):
+            return layer
+    return None
+
+
+def last_logits(
+    model: nn.Module,
+    idx: Tensor,
+    pos: Tensor | None = None,
+    mask: Tensor | None = None,
+    cache: KVCache | StaticKVCache | None = None,
+) -> Tensor:
+    """(B, T) token ids -> (B, vocab) logits of the last position only: the output layer (a third
+    of GPT-2 124M's weights) runs on one position per row instead of T."""
+    head = output_layer(model)
+    if head is None:
+        return model(idx, pos=pos, mask=mask, cache=cache)[:, -1]
+    return head(model.hidden_states(idx, pos=pos, mask=mask, cache=cache)[:, -1])  # (B, vocab)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medlm.errors import ConfigError
-from medlm.models.kv_cache import KVCache
+from medlm.models.kv_cache import KVCache, StaticKVCache, attention_inputs
 from medlm.utils.checks import (
     check_bool,
     check_positive_int,
@@ -239,7 +239,12 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | StaticKVCache | None,
     ) -> Tensor:
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -288,7 +293,12 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(config)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor | None,
+        cache: KVCache | StaticKVCache | None,
     ) -> Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache)
         return x + self.feed_forward(self.ffn_norm(x))
@@ -350,31 +360,13 @@ class Llama(nn.Module):
         idx: Tensor,
         pos: Tensor | None = None,
         mask: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
     ) -> Tensor:
         """(B, T) token ids -> (B, T, n_embd) after the final norm; arguments as in ``forward``."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ConfigError(
-                f"sequence of {T} tokens after {start} cached ones ({start + T} positions) "
-                f"exceeds block_size {self.config.block_size}"
-            )
-        if mask is not None and mask.size(-1) != start + T:
-            raise ValueError(
-                f"mask covers {mask.size(-1)} keys, expected {start + T} ({start} cached + {T} new)"
-            )
-        if pos is None:
-            pos = torch.arange(start, start + T, device=idx.device).expand(B, T)  # (B, T)
-        elif pos.dim() == 1:
+        pos, mask = attention_inputs(idx, pos, mask, cache, self.config.block_size)
+        if pos.dim() == 1:
             pos = pos.expand(B, T)
-        if (
-            mask is None and start > 0 and T > 1
-        ):  # several new tokens after a filled cache: causal, shifted
-            q_pos = torch.arange(start, start + T, device=idx.device)[:, None]  # (T, 1)
-            mask = (torch.arange(start + T, device=idx.device)[None, :] <= q_pos)[
-                None, None
-            ]  # (1, 1, T, S)
         cos, sin = self._rope_angles(pos)
         x = self.drop(self.tok_embeddings(idx))  # (B, T, C)
         for layer in self.layers:
@@ -388,7 +380,7 @@ class Llama(nn.Module):
         idx: Tensor,
         pos: Tensor | None = None,
         mask: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVCache | StaticKVCache | None = None,
     ) -> Tensor:
         """(B, T) token ids -> (B, T, vocab_size) logits. ``pos`` (B, T) positions (default 0..T-1
         after
@@ -403,16 +395,17 @@ class Llama(nn.Module):
         max_len: int,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-    ) -> KVCache:
+        static: bool = False,
+    ) -> KVCache | StaticKVCache:
         """An empty KVCache for this model's layers and heads, on its device and dtype by
-        default."""
+        default; ``static``: a :class:`StaticKVCache` (fixed shapes, for ``torch.compile``)."""
         if max_len > self.config.block_size:
             raise ConfigError(
                 f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}"
             )
         w = self.tok_embeddings.weight
         c = self.config
-        return KVCache(
+        return (StaticKVCache if static else KVCache)(
             c.n_layer,
             batch_size,
             c.n_kv_head,

@@ -16,47 +16,67 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torchmetrics import MeanMetric
 
-from medlm.models.kv_cache import document_causal_mask, document_positions
+from medlm.models.kv_cache import document_causal_mask, document_positions, output_layer
+from medlm.modules.chunked_loss import linear_cross_entropy
+from medlm.modules.compile import compile_network
 from medlm.modules.metric_state import metric_sums, restore_metric_sums
 from medlm.modules.optimization import OptimizedModule
+from medlm.utils.checks import check_bool
 
 IGNORE_INDEX = -100
 
 
 class CausalLM(OptimizedModule):
+    """``chunked_loss``: the output layer and the cross-entropy run on chunks of tokens, so that
+    the (B, T, vocab) logits are never held at once (:mod:`medlm.modules.chunked_loss`; the same
+    loss and gradients), for any network with ``hidden_states`` and a plain linear output layer.
+    ``compile``: the network's blocks go through ``torch.compile`` (:mod:`medlm.modules.compile`).
+    """
+
     def __init__(
         self,
         net: nn.Module,
         optimizer: Callable[..., Optimizer],
         scheduler: Callable[..., Any] | None = None,
+        chunked_loss: bool = True,
         compile: bool = False,
     ) -> None:
+        check_bool(chunked_loss, "module.chunked_loss")
+        check_bool(compile, "module.compile")
         super().__init__(net, optimizer, scheduler)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        # module.compile: the training and validation forward through torch.compile; callbacks
-        # (sample generation, HellaSwag) call self.net eagerly, as dynamo would recompile for
-        # every new length. Kept out of the submodules: its weights are net's, saved once.
-        self.__dict__["_compiled_net"] = torch.compile(net) if compile else None
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.tokens_seen = 0
+        head = output_layer(net)  # looked up again at each step: an attribute would join the state
+        self.chunked_loss = chunked_loss and isinstance(head, nn.Linear) and head.bias is None
+        if compile:
+            compile_network(net)
+
+    def _attention(self, doc_ids: Tensor | None) -> dict[str, Tensor]:
+        """Packed examples (``doc_ids``) attend only within themselves, from position 0."""
+        if doc_ids is None:
+            return {}
+        return {"pos": document_positions(doc_ids), "mask": document_causal_mask(doc_ids)}
 
     def forward(self, input_ids: Tensor, doc_ids: Tensor | None = None) -> Tensor:
         """Logits (B, T, vocab); packed examples (``doc_ids``) attend only within themselves."""
-        net = self.net if self._compiled_net is None else self._compiled_net
-        if doc_ids is None:
-            return net(input_ids)
-        return net(input_ids, pos=document_positions(doc_ids), mask=document_causal_mask(doc_ids))
+        return self.net(input_ids, **self._attention(doc_ids))
 
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Mean next-token cross-entropy over the labelled tokens, and how many there were."""
-        logits = self(batch["input_ids"], batch.get("doc_ids"))
-        labels = batch["labels"]
-        total = F.cross_entropy(
-            logits.flatten(0, 1).float(),
-            labels.flatten(),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        if self.chunked_loss:
+            h = self.net.hidden_states(input_ids, **self._attention(batch.get("doc_ids")))
+            weight = output_layer(self.net).weight
+            total = linear_cross_entropy(h.flatten(0, 1), weight, labels.flatten(), IGNORE_INDEX)
+        else:
+            logits = self(input_ids, batch.get("doc_ids"))
+            total = F.cross_entropy(
+                logits.flatten(0, 1).float(),
+                labels.flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
         n_tokens = (labels != IGNORE_INDEX).sum()
         return total / n_tokens.clamp(min=1), n_tokens
 
