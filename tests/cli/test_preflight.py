@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli.train_cli import TINY, error_lines, no_run_left, run_folders, run_train
+from tests.helpers import mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
 
@@ -59,13 +60,19 @@ def test_a_config_mistake_is_one_line_and_leaves_no_run(
     assert not (tmp_path / ".cache").exists(), "data was read before the config was checked"
 
 
-def test_a_sweep_with_a_bad_value_leaves_no_job_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_a_sweep_job_with_a_bad_value_fails_alone_and_leaves_no_run(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The job with the mistake fails before its data or MLflow run; the sweep goes on (as an
+    Optuna search does past a bad sampled value) and ends with exit 2 and the job's reason."""
     code, out, err = run_train(["-m", *TINY, "optim.lr=-1,1e-3"], tmp_path, monkeypatch, capsys)
     assert code == 2, err
-    [line] = error_lines(err)
-    assert "optim.lr: -1 is not a positive number" in line
-    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
-    assert not [p for p in tmp_path.glob("logs/*/multiruns/*/*") if p.is_dir()]
+    assert "error: job #0: optim.lr: -1 is not a positive number" in error_lines(err)
+    assert "sweep:   job #0 failed: ConfigError: optim.lr: -1 is not a positive number" in out
+    [run] = mlflow_runs(tmp_path)  # job #1's; job #0 never opened one
+    assert run["status"] == "FINISHED" and run["params"]["optim.lr"] == "0.001"
+    jobs = sorted(p.name for p in tmp_path.glob("logs/*/multiruns/*/*") if p.is_dir())
+    assert jobs == ["1", "trials"]  # trials/: the sweep's record of each job
 
 
 def test_a_run_folder_that_is_already_in_use_is_kept(tmp_path: Path, monkeypatch, capsys) -> None:
