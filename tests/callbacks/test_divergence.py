@@ -243,7 +243,7 @@ def test_diverging_run_is_one_line_and_keeps_the_last_good_checkpoint(
     assert all(
         torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point()
     )
-    [state] = [v for k, v in last["callbacks"].items() if "FiniteModelCheckpoint" in k]
+    [state] = [v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint{")]
     assert math.isfinite(float(state["best_model_score"]))
 
 
@@ -267,3 +267,10 @@ def test_guard_off_a_nan_run_has_no_best_and_train_returns_none(
     assert run["tags"]["best_checkpoint"] == "none"
     assert "val/loss is nan at step 3: this checkpoint is not kept as a best one" in caplog.text
     assert "samples: none at step 3" in caplog.text  # sampling did not crash
+
+
+def test_finite_checkpoint_keeps_model_checkpoints_state_key(tmp_path: Path) -> None:
+    """Checkpoints written by a plain ModelCheckpoint (runs from before the guard) resume with
+    their best and last records: Lightning matches a callback's state by this key."""
+    settings = {"dirpath": tmp_path, "monitor": "val/loss", "mode": "min", "save_last": True}
+    assert FiniteModelCheckpoint(**settings).state_key == ModelCheckpoint(**settings).state_key

@@ -108,6 +108,10 @@ def test_pubmedqa_scores_every_kind_of_source_and_records_where_users_look(
         "by_run",
     }
     assert results["models"]["tuned"]["n"] == LIMIT
+    # quickstart trains on all of PQA-L: the tuned model has seen these questions, and is told so
+    assert results["details"]["tuned"]["trained_on_test"] is True
+    assert results["details"]["base"]["trained_on_test"] is False
+    assert f"models.tuned: {best} was trained on PubMedQA PQA-L without" in out + err
     # the same checkpoint, by path or by its MLflow run: the same scores
     assert results["models"]["tuned"] == results["models"]["by_run"]
     # the scores are those of the scorer called directly on the same model and questions

@@ -23,6 +23,12 @@ log = logging.getLogger("medlm.checkpoint")
 class FiniteModelCheckpoint(ModelCheckpoint):
     """``ModelCheckpoint`` whose top-k never takes a non-finite monitored value."""
 
+    @property
+    def state_key(self) -> str:
+        # saved under ModelCheckpoint's own key: checkpoints written before this subclass existed
+        # resume with their best and last records (and later ones load into a plain ModelCheckpoint)
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def check_monitor_top_k(self, trainer: L.Trainer, current: Tensor | None = None) -> bool:
         if current is None:
             return False

@@ -10,6 +10,7 @@ returns :class:`~medlm.eval.report.Results`; the command writes, prints and reco
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ from medlm.eval.report import Results
 from medlm.utils.checks import check_number
 
 CHANCE = 0.25  # HellaSwag: one of four endings
+
+
+log = logging.getLogger(__name__)
 
 
 def _for_model(model: ModelToScore, score: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -53,6 +57,15 @@ def spread(items: list, limit: int | None) -> list:
     return [items[i * len(items) // limit] for i in range(limit)]
 
 
+def trained_on_official_test(data_settings: dict) -> bool:
+    """Whether a checkpoint's PubMedQA DataModule trained on PQA-L with the official test
+    questions in its splits (the recipe as published splits all 1,000 questions)."""
+    return (
+        data_settings.get("exclude_official_test") is False
+        and data_settings.get("hub_config", "pqa_labeled") == "pqa_labeled"
+    )
+
+
 def pubmedqa(models: list[ModelToScore], settings: DictConfig, device: torch.device) -> Results:
     from medlm.eval.pubmedqa import score_pubmedqa
 
@@ -76,6 +89,15 @@ def pubmedqa(models: list[ModelToScore], settings: DictConfig, device: torch.dev
     for m in models:
         # asked in the template (and setting) the model was trained with, unless the command says
         trained = m.loaded.data_settings()
+        seen_test = trained_on_official_test(trained)
+        if seen_test:
+            log.warning(
+                "models.%s: %s was trained on PubMedQA PQA-L without "
+                "data.exclude_official_test=true: it has seen these test questions and their "
+                "answers, so its score is not a test score",
+                m.name,
+                m.path,
+            )
         template = settings.get("template") or trained.get("template") or DEFAULT_TEMPLATE
         setting = settings.setting or trained.get("setting") or SETTINGS[0]
         result = _for_model(
@@ -97,6 +119,7 @@ def pubmedqa(models: list[ModelToScore], settings: DictConfig, device: torch.dev
             "setting": setting,
             "template": template,
             "prompts_cut": result.n_truncated,
+            "trained_on_test": seen_test,
         }
         results.baseline = {**result.baseline, "n": len(records)}
     return results
