@@ -12,7 +12,6 @@ from medlm.models.generation import (
     generate,
     generate_text,
     sample_logits,
-    top_k_filter,
     top_p_filter,
 )
 from medlm.models.gpt2 import GPT2, GPT2Config
@@ -73,12 +72,12 @@ def test_top_p_filter_works_per_row():
     assert kept[1].nonzero().flatten().tolist() == [2, 4]
 
 
-def test_top_k_filter():
-    kept = torch.isfinite(top_k_filter(LOGITS, 2))[0].nonzero().flatten().tolist()
-    assert kept == [1, 3]
-    assert torch.equal(top_k_filter(LOGITS, 10), LOGITS)
+def test_top_k_checks_its_value_and_a_k_beyond_the_vocabulary_keeps_it_all():
     with pytest.raises(ValueError, match="top_k"):
-        top_k_filter(LOGITS, 0)
+        sample_logits(LOGITS, top_k=0)
+    g = torch.Generator().manual_seed(0)
+    ids = sample_logits(LOGITS.expand(2000, 5), top_k=10, generator=g)
+    assert set(ids.tolist()) == {0, 1, 2, 3, 4}
 
 
 @pytest.mark.parametrize(
