@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning.pytorch as L
 import torch
 
-from medlm.cli.train import train
+from medlm.training import train
 from tests.helpers import compose_train, mlflow_runs
 
 

@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from medlm.cli.prepare import main as prepare_main
-from medlm.cli.train import train
+from medlm.training import train
 from medlm.utils.cli import CONFIG_DIR
 from tests.callbacks.test_hellaswag import write_items
 from tests.helpers import compose_train

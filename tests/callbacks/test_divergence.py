@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from medlm.callbacks.divergence import DivergenceGuard
 from medlm.callbacks.finite_checkpoint import FiniteModelCheckpoint
 from medlm.callbacks.samples import SampleGenerations
-from medlm.cli.train import train
 from medlm.errors import TrainingDiverged
+from medlm.training import train
 from tests.cli.test_train_command import QUICK, run_main
 from tests.helpers import compose_train, mlflow_runs
 

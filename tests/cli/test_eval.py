@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from medlm.cli import eval as cli
-from medlm.cli.train import train
 from medlm.data.pubmedqa import PubMedQADataModule
 from medlm.data.question_pairs import QuestionPairsDataModule
 from medlm.eval.pubmedqa import score_pubmedqa
 from medlm.loading import load_model
 from medlm.models.checkpoint import load_network
 from medlm.models.gpt2 import GPT2, GPT2Config
+from medlm.training import train
 from tests.cli.test_generate import write_medlm_ckpt
 from tests.experiments.test_lora_question_pairs import train_arm, write_pairs
 from tests.helpers import compose_train, mlflow_runs

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from medlm.cli.train import train
 from medlm.errors import ConfigError
 from medlm.resume_plan import plan_resume
+from medlm.training import train
 from tests.cli.train_cli import TINY, error_lines, no_run_left, run_train
 from tests.helpers import compose_train, mlflow_runs
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from medlm.cli.train import train
+from medlm.training import train
 from tests.cli.train_cli import TINY, error_lines, fail_at, run_train
 from tests.helpers import compose_train, mlflow_runs
 

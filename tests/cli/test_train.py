@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medlm.cli.train import train
+from medlm.training import train
 from tests.helpers import compose_train, mlflow_runs
 from tests.resume_helpers import straight_and_resumed
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from medlm.cli.train import train
 from medlm.data.pubmedqa import (
     DEFAULT_TEMPLATE,
     LABELS,
@@ -23,6 +22,7 @@ from medlm.data.pubmedqa_classification import PubMedQAClassificationDataModule
 from medlm.errors import ConfigError, DataError
 from medlm.eval.pubmedqa import score_pubmedqa
 from medlm.models.checkpoint import load_network, read_checkpoint
+from medlm.training import train
 from tests.helpers import compose_train, mlflow_runs
 
 

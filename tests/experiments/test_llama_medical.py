@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from medlm.cli import export, generate
-from medlm.cli.train import train
 from medlm.models.checkpoint import load_network
 from medlm.models.llama import Llama
+from medlm.training import train
 from tests.helpers import compose_train, mlflow_runs
 
 SMALL = ["data.batch_size=4", "data.block_size=64", "trainer.enable_progress_bar=false"]

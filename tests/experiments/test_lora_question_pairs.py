@@ -12,10 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from medlm.cli import export as export_cli
-from medlm.cli.train import train
 from medlm.data.classification import collate_pairs
 from medlm.models.checkpoint import load_network
 from medlm.models.convert_classifier import export_classifier
+from medlm.training import train
 from tests.helpers import compose_train, mlflow_runs
 
 TOL = 1e-4

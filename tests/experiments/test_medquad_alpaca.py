@@ -13,11 +13,11 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from medlm.cli.train import train
 from medlm.data.alpaca import ALPACA_TEMPLATE
 from medlm.data.instruct import InstructionDataModule
 from medlm.data.medquad import convert
 from medlm.modules.causal_lm import CausalLM
+from medlm.training import train
 from tests.helpers import compose_train, mlflow_runs
 
 ORGANS = ("liver", "heart", "lung", "kidney", "skin", "brain")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from medlm.cli.prepare import main as prepare_main
-from medlm.cli.train import train
+from medlm.training import train
 from tests.callbacks.test_hellaswag import write_items
 from tests.helpers import compose_train, mlflow_runs
 

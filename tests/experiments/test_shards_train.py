@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from medlm.cli.prepare import main as prepare_main
-from medlm.cli.train import train
+from medlm.training import train
 from tests.helpers import compose_train, mlflow_runs
 from tests.resume_helpers import assert_same_run, straight_and_resumed
 

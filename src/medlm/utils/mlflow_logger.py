@@ -31,7 +31,6 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.logger import _add_prefix
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import MLFlowLogger as _LightningMLFlowLogger
-from mlflow import MlflowClient
 from omegaconf import DictConfig
 
 from medlm.errors import MedlmError
@@ -141,6 +140,8 @@ def open_mlflow_logger(lcfg: DictConfig, run_id: str | None) -> _LightningMLFlow
         logger = instantiate(lcfg, **extra)  # opens the store: creates a new one's tables
         name = lcfg.get("experiment_name")
         if not run_id and name:
+            from mlflow import MlflowClient  # mlflow: ~1 s to import, only when a run opens
+
             client = MlflowClient(lcfg.get("tracking_uri"))
             if client.get_experiment_by_name(name) is None:
                 client.create_experiment(name, artifact_location=lcfg.get("artifact_location"))

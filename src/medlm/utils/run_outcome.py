@@ -18,7 +18,6 @@ from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import Logger
-from mlflow import MlflowClient
 from omegaconf import DictConfig
 
 from medlm.utils.cli import CONFIG_DIR, find_user_error
@@ -74,6 +73,8 @@ def failed_with_reason(loggers: Iterable[Logger], output_dir: Path) -> Iterator[
 def run_status(tracking_uri: str | None, run_id: str) -> str:
     """The MLflow run's status (FINISHED, FAILED, RUNNING, ...), read without changing it."""
     try:
+        from mlflow import MlflowClient  # ~1 s to import: only when there is a run to ask about
+
         return MlflowClient(tracking_uri).get_run(run_id).info.status
     except Exception:  # a store that went away: the summary still says where the run is
         return "UNKNOWN"

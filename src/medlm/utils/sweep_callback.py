@@ -22,8 +22,6 @@ import atexit
 import csv
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from medlm.utils.sweep_plot import write_sweep_history
 from medlm.utils.sweeps import (
     COMPLETED,
     FAILED,
+    OPEN_SWEEPS,
     SWEEP_TAG,
     Trial,
     best_trial,
@@ -53,8 +52,6 @@ from medlm.utils.tracking import RUN_ID_FILE, flatten_config, git_commit
 
 # an error message kept in a tag is cut to this length
 MAX_ERROR = 1000
-# the sweeps started in this process and not yet closed
-_OPEN: list[SweepParentRun] = []
 
 
 def mlflow_config(config: DictConfig) -> DictConfig | None:
@@ -167,7 +164,7 @@ class SweepParentRun(Callback):
                 flush=True,
             )
         self._sweep = sweep
-        _OPEN.append(self)
+        OPEN_SWEEPS.append(self)
         # Hydra calls no callback when a sweeper raises: closing_sweeps() closes the parent then,
         # and this covers a command that does not use it
         atexit.register(self._stopped_early)
@@ -213,8 +210,8 @@ class SweepParentRun(Callback):
             return
         sweep.closed = True
         atexit.unregister(self._stopped_early)
-        if self in _OPEN:
-            _OPEN.remove(self)
+        if self in OPEN_SWEEPS:
+            OPEN_SWEEPS.remove(self)
         trials = read_trials(sweep.sweep_dir)
         best = best_trial(trials, sweep.direction) if sweep.metric else None
         for line in summary(trials, best, sweep, stopped):
@@ -346,17 +343,3 @@ def record_outcome(
         client.log_artifact(run_id, str(optuna_results), "sweep")
     status = "FINISHED" if completed and not stopped else failed_status
     client.set_terminated(run_id, status)
-
-
-@contextmanager
-def closing_sweeps() -> Iterator[None]:
-    """Around a command that sweeps: a sweep that ends with an exception (a sweeper re-raising a
-    failed job's error, Ctrl-C) closes its parent run with the trials that ended, FAILED (KILLED
-    on Ctrl-C)."""
-    try:
-        yield
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        for callback in list(_OPEN):
-            callback._stopped_early(status)
-        raise

@@ -136,3 +136,22 @@ def trial_errors() -> Iterator[None]:
             job = HydraConfig.get().job.get("num")
             print(f"error: job #{job}: {err}", file=sys.stderr, flush=True)
         raise
+
+
+# the sweep parent runs (medlm.utils.sweep_callback.SweepParentRun) started in this process and
+# not yet closed; here, so that a command closes them without importing the callback's MLflow code
+OPEN_SWEEPS: list = []
+
+
+@contextmanager
+def closing_sweeps() -> Iterator[None]:
+    """Around a command that sweeps: a sweep that ends with an exception (a sweeper re-raising a
+    failed job's error, Ctrl-C) closes its parent run with the trials that ended, FAILED (KILLED
+    on Ctrl-C)."""
+    try:
+        yield
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        for callback in list(OPEN_SWEEPS):
+            callback._stopped_early(status)
+        raise
