@@ -46,10 +46,11 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-bench: install  ## training tokens/s (vs a plain loop, the plain loss, uncompiled) and loss memory; generation (vs transformers, bandwidth ceiling); shards
+bench: install  ## start-up of the commands; training tokens/s (vs a plain loop, the plain loss, uncompiled) and loss memory; generation (vs transformers, bandwidth ceiling); shards
 	$(PY) benchmarks/bench_train.py $(ARGS)
 	$(PY) benchmarks/bench_generate.py --threads 1
 	$(PY) benchmarks/bench_shards.py
+	$(PY) benchmarks/bench_startup.py
 
 ui: install  ## browse every run (of $MEDLM_HOME when set, else of this checkout: where medlm-train records them)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(PROJECT)/mlruns/mlflow.db \

@@ -41,3 +41,9 @@ def test_values_read_short_sampled_floats_and_paths() -> None:
 def test_a_long_name_is_cut_and_keeps_its_job_number() -> None:
     name = run_name("quickstart", [f"tags.t{i}=value{i}" for i in range(60)], job_num=12)
     assert len(name) == MAX_RUN_NAME and name.endswith("... #12")
+
+
+def test_a_sweep_job_shows_only_the_swept_keys() -> None:
+    overrides = ["optim.lr=3e-4", "trainer.max_epochs=1", "+data.x=2"]
+    assert run_name("quickstart", overrides, 1, {"optim.lr"}) == "quickstart optim.lr=3e-4 #1"
+    assert run_name("quickstart", overrides, 0, {"data.x"}) == "quickstart data.x=2 #0"

@@ -1,6 +1,7 @@
 """MLflow run names that say what a run is: the experiment (task_name) and the command-line
 overrides that distinguish it, and the job number in a sweep, e.g.
-``quickstart optim.lr=1e-4 #3``.
+``quickstart optim.lr=1e-4 #3``. A sweep's job shows only the keys the sweep varies (the rest is
+the same for every job, and in the parent run's name).
 
 Without a name MLflow draws a random one from Python's ``random``, which medlm has seeded by then:
 every run was called the same. What is left out is noise for telling runs apart: Hydra's own
@@ -9,7 +10,7 @@ settings, the output paths, and the experiment (or search) choice, which the tas
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import PurePath
 
 from omegaconf import DictConfig, OmegaConf
@@ -60,20 +61,29 @@ def short_value(value: str) -> str:
     return value
 
 
-def distinguishing_overrides(overrides: Iterable[str]) -> list[str]:
-    """The overrides that tell this run from the experiment's defaults, values shortened."""
+def distinguishing_overrides(
+    overrides: Iterable[str], only: Collection[str] | None = None
+) -> list[str]:
+    """The overrides that tell this run from the experiment's defaults (of ``only`` these keys,
+    when given), values shortened."""
     kept = []
     for override in overrides:
         key, value = _key_and_value(str(override))
-        if not key or is_noise(key):
+        if not key or is_noise(key) or (only is not None and key not in only):
             continue
         kept.append(f"~{key}" if value is None else f"{key}={short_value(value)}")
     return kept
 
 
-def run_name(task_name: str, overrides: Sequence[str], job_num: int | None = None) -> str:
-    """``<task_name> <overrides...>`` and, for a job of a sweep, `` #<job number>``."""
-    parts = [str(task_name), *distinguishing_overrides(overrides)]
+def run_name(
+    task_name: str,
+    overrides: Sequence[str],
+    job_num: int | None = None,
+    only: Collection[str] | None = None,
+) -> str:
+    """``<task_name> <overrides...>`` (those of ``only`` these keys, when given: a sweep's) and,
+    for a job of a sweep, `` #<job number>``."""
+    parts = [str(task_name), *distinguishing_overrides(overrides, only)]
     name = " ".join(parts)
     suffix = f" #{job_num}" if job_num is not None else ""
     if len(name) + len(suffix) > MAX_RUN_NAME:

@@ -45,7 +45,9 @@ from medlm.utils.sweeps import (
     Trial,
     best_trial,
     read_trials,
+    swept_keys,
     write_parent_run_id,
+    write_swept_keys,
     write_trial,
 )
 from medlm.utils.tracking import RUN_ID_FILE, flatten_config, git_commit
@@ -150,6 +152,7 @@ class SweepParentRun(Callback):
         direction = sweep_direction(config)
         sweep = _Sweep(sweep_dir, str(config.task_name), config.get("optimized_metric"), direction)
         sweep.searched = tuple(search_space(config))
+        write_swept_keys(sweep_dir, sweep.searched)
         for old in (Path(sweep_dir) / "trials").glob("*.json"):  # a reused sweep folder
             old.unlink()
         lcfg = mlflow_config(config)
@@ -232,7 +235,9 @@ class SweepParentRun(Callback):
             overrides=overrides,
             status=COMPLETED if job_return.status == JobStatus.COMPLETED else FAILED,
             run_id=run_id_file.read_text().strip() if run_id_file.is_file() else None,
-            run_name=run_name(str(config.task_name), overrides, job_num),
+            run_name=run_name(
+                str(config.task_name), overrides, job_num, swept_keys(config.hydra.sweep.dir)
+            ),
         )
         if trial.status == COMPLETED:
             value = job_return.return_value

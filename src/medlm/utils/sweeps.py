@@ -40,6 +40,8 @@ MLFLOW_PARENT_RUN_ID = "mlflow.parentRunId"
 # the tag that marks a sweep's parent run (its value: sweep or search)
 SWEEP_TAG = "medlm.sweep"
 PARENT_RUN_FILE = "mlflow_parent_run"
+# the keys a sweep varies, one per line: its jobs' run names show only these
+SWEPT_KEYS_FILE = "swept_keys"
 TRIALS_DIR = "trials"
 
 COMPLETED, FAILED = "COMPLETED", "FAILED"
@@ -60,6 +62,17 @@ def parent_run_id(sweep_dir: str | Path) -> str | None:
     if not path.is_file():
         return None
     return path.read_text().strip() or None
+
+
+def swept_keys(sweep_dir: str | Path) -> frozenset[str] | None:
+    """The keys the sweep in ``sweep_dir`` varies, or None where it did not say."""
+    path = Path(sweep_dir) / SWEPT_KEYS_FILE
+    return frozenset(path.read_text().split()) if path.is_file() else None
+
+
+def write_swept_keys(sweep_dir: str | Path, keys: Sequence[str]) -> None:
+    with atomic_write(Path(sweep_dir) / SWEPT_KEYS_FILE) as f:
+        f.write("".join(f"{key}\n" for key in keys))
 
 
 def write_parent_run_id(sweep_dir: str | Path, run_id: str) -> None:

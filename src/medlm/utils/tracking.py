@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from medlm.utils.io import atomic_write
 from medlm.utils.mlflow_logger import open_mlflow_logger
 from medlm.utils.run_names import run_name, task_overrides
-from medlm.utils.sweeps import MLFLOW_PARENT_RUN_ID, parent_run_id
+from medlm.utils.sweeps import MLFLOW_PARENT_RUN_ID, parent_run_id, swept_keys
 
 # MLflow rejects longer param values; a longer one (a long template) is cut and marked
 MAX_PARAM_LENGTH = 6000
@@ -89,7 +89,8 @@ def named_run(lcfg: DictConfig, cfg: DictConfig) -> DictConfig:
     extra: dict[str, Any] = {}
     if lcfg.get("run_name") is None:
         job_num = int(hydra_cfg.job.get("num") or 0) if multirun else None
-        extra["run_name"] = run_name(cfg.task_name, task_overrides(hydra_cfg), job_num)
+        swept = swept_keys(hydra_cfg.sweep.dir) if multirun else None
+        extra["run_name"] = run_name(cfg.task_name, task_overrides(hydra_cfg), job_num, swept)
     parent = parent_run_id(hydra_cfg.sweep.dir) if multirun else None
     if parent:
         extra["tags"] = {**(lcfg.get("tags") or {}), MLFLOW_PARENT_RUN_ID: parent}
