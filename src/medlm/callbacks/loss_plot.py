@@ -29,7 +29,10 @@ class LossPlot(L.Callback):
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
-            self.train.append((trainer.global_step, float(loss)))
+            value = float(loss)
+            if pl_module.automatic_optimization:  # Lightning divided it by the accumulation count
+                value *= trainer.accumulate_grad_batches
+            self.train.append((trainer.global_step, value))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         val = trainer.callback_metrics.get("val/loss")
