@@ -32,6 +32,7 @@ def fake_trainer(world_size: int, **kw) -> SimpleNamespace:
         "world_size": world_size,
         "is_global_zero": True,
         "accumulate_grad_batches": 1,
+        "loggers": [],
         "fast_dev_run": False,
         "check_val_every_n_epoch": None,
         "val_check_interval": 1.0,

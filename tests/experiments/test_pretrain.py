@@ -87,6 +87,7 @@ def test_gpt2_fineweb_at_cpu_scale(tmp_path: Path, medical_shards: Path) -> None
     train(cfg)
     [run] = mlflow_runs(tmp_path)
     m = run["metrics"]
+    assert run["tags"]["accumulate_grad_batches"] == "3"  # what the run used, not the config's 1
     # every optimizer step trained on tokens_per_step tokens
     assert [v for _, v in m["train/tokens_seen"]] == [tokens_per_step * k for k in range(1, 8)]
     # validation and HellaSwag after steps 3, 6 and the last, 7 (Lightning logs step k at k - 1)

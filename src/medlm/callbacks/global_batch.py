@@ -31,6 +31,7 @@ import lightning.pytorch as L
 
 from medlm.errors import ConfigError
 from medlm.utils.checks import check_positive_int, is_int
+from medlm.utils.tracking import mlflow_loggers
 
 log = logging.getLogger(__name__)
 KEY = "callbacks.global_batch"
@@ -98,6 +99,10 @@ class GlobalBatch(L.Callback):
                     trainer.world_size,
                     derived,
                 )
+                # the config's param says 1; a tag (not a param: a resume on another number of
+                # GPUs changes it) records the accumulation this run used
+                for lg in mlflow_loggers(trainer.loggers):
+                    lg.experiment.set_tag(lg.run_id, "accumulate_grad_batches", str(derived))
         if self.val_every_n_steps is not None and not trainer.fast_dev_run:
             if trainer.check_val_every_n_epoch is not None:
                 raise ConfigError(
