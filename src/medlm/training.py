@@ -20,6 +20,7 @@ from medlm.callbacks.resume_state import ResumeState
 from medlm.errors import ConfigError
 from medlm.resume_plan import ResumePlan, plan_resume
 from medlm.utils import preflight
+from medlm.utils.quiet import lightning_logs_once
 from medlm.utils.run_outcome import closing_summary, failed_with_reason
 from medlm.utils.tracking import make_loggers, mlflow_loggers, record_run
 
@@ -84,6 +85,7 @@ def fit_and_test(cfg: DictConfig, trainer: L.Trainer, module, datamodule, ckpt_p
 
 def train(cfg: DictConfig) -> float | None:
     """Fit (and optionally test) the configured model; return the best ``optimized_metric``."""
+    lightning_logs_once()
     output_dir = Path(cfg.paths.output_dir)
     # every check before the MLflow run exists: a mistake leaves no run and no run folder
     with preflight.discard_unused_run_folder(output_dir):

@@ -4,6 +4,7 @@ imported when a run starts. ``benchmarks/bench_startup.py`` prints the times."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -31,3 +32,21 @@ def test_help_and_cfg_job_answer_without_a_run() -> None:
         )
         assert done.returncode == 0, done.stderr
     assert "task_name: quickstart" in done.stdout
+
+
+@pytest.mark.usefixtures("shared_data_dir")
+def test_a_run_prints_each_lightning_line_once(tmp_path) -> None:
+    """Lightning is imported after Hydra has set up logging: its own console handler would print
+    each of its lines a second time beside Hydra's."""
+    env = {**os.environ, "MEDLM_HOME": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "medlm.cli.train", "debug=fdr", "callbacks.samples=null"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout + done.stderr
+    assert printed.count("Seed set to 1337") == 1, printed
+    assert printed.count("GPU available: False") == 1, printed

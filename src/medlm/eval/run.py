@@ -20,6 +20,7 @@ from medlm.eval.models import ModelToScore, load_models
 from medlm.eval.report import Results
 from medlm.utils import preflight
 from medlm.utils.plots import write_confusion_matrix
+from medlm.utils.quiet import lightning_logs_once
 from medlm.utils.run_outcome import closing_summary, print_summary, summary
 from medlm.utils.tracking import log_artifact, make_loggers, mlflow_loggers, record_run
 
@@ -82,6 +83,7 @@ def record(
 
 def evaluate(cfg: DictConfig) -> Results:
     """Find and load every model, score them, write the outputs, then record the MLflow run."""
+    lightning_logs_once()
     name = cfg.benchmark.name
     if name not in BENCHMARKS:
         raise ConfigError(f"benchmark.name: {name!r} is not one of {', '.join(BENCHMARKS)}")

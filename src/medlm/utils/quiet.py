@@ -7,6 +7,8 @@
 - Lightning's SLURM hint to prepend ``srun`` on a machine where SLURM is installed but the command
   was started without it: medlm submits to SLURM through Hydra's submitit launcher, and a plain
   run on a login node or a workstation with SLURM is not a mistake;
+- Lightning's second copy of each of its lines: the ``lightning`` logger has a console handler of
+  its own, so under Hydra (whose handlers sit on the root logger) every line printed twice;
 - Lightning's own deprecation warning about torch's pytree ``LeafSpec`` (lightning 2.6 with torch
   >= 2.10), raised inside Lightning at every fit.
 
@@ -48,3 +50,14 @@ def quiet_libraries() -> None:
             logger.addFilter(_TIPS)
     for message in _IGNORED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+
+
+def lightning_logs_once() -> None:
+    """Leave Lightning's lines to the root logger's handlers (Hydra's console and ``train.log``)
+    where there are some: called once Lightning is imported, which adds its own console handler."""
+    if not logging.getLogger().hasHandlers():
+        return
+    lightning = logging.getLogger("lightning")
+    for handler in list(lightning.handlers):
+        if type(handler) is logging.StreamHandler:
+            lightning.removeHandler(handler)
