@@ -4,7 +4,6 @@ exit 2 that leaves no run folder and no MLflow run."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ from hydra.core.global_hydra import GlobalHydra
 
 from medlm.cli.train import main
 from tests.cli.train_cli import no_run_left, run_folders
-from tests.helpers import mlflow_runs
 
 pytestmark = pytest.mark.usefixtures("shared_data_dir")
 QUICK = [
@@ -149,29 +147,3 @@ def test_the_console_script_reports_a_user_error_without_a_traceback(tmp_path: P
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: model.n_embd")
     assert "Traceback" not in proc.stderr
-
-
-@pytest.mark.slow
-def test_a_two_job_sweep_leaves_two_named_mlflow_runs_under_a_parent(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    proc = subprocess.run(
-        [str(TRAIN_BIN), "-m", "optim.lr=1e-4,3e-4", *QUICK],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    [parent, *runs] = mlflow_runs(tmp_path, parents=True)  # the parent starts first
-    assert parent["tags"]["mlflow.runName"].startswith("quickstart sweep optim.lr=1e-4,3e-4")
-    assert len(runs) == 2
-    assert all(r["tags"]["mlflow.parentRunId"] == parent["run_id"] for r in runs)
-    names = sorted(r["tags"]["mlflow.runName"] for r in runs)
-    # only what the sweep varies: the other overrides are every job's, in the parent's name
-    assert names == ["quickstart optim.lr=0.0001 #0", "quickstart optim.lr=0.0003 #1"]
-    assert sorted(r["params"]["optim.lr"] for r in runs) == ["0.0001", "0.0003"]
-    assert sorted(r["tags"]["hydra_job_num"] for r in runs) == ["0", "1"]
-    sweep_dirs = {r["tags"]["sweep_dir"] for r in runs}
-    assert len(sweep_dirs) == 1 and Path(sweep_dirs.pop()).is_dir()
-    assert all("val/loss" in r["metrics"] for r in runs)

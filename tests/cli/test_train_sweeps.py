@@ -83,6 +83,9 @@ def test_a_grid_sweep_names_each_run_and_groups_them_under_one_parent(
     assert len(set(names)) == 2
     # only what the sweep varies: the other overrides are every job's, in the parent's name
     assert names == ["quickstart optim.lr=0.0001 #0", "quickstart optim.lr=0.0003 #1"]
+    assert sorted(c["tags"]["hydra_job_num"] for c in children) == ["0", "1"]
+    sweep_dirs = {c["tags"]["sweep_dir"] for c in children}
+    assert len(sweep_dirs) == 1 and Path(sweep_dirs.pop()).is_dir()
     assert parent["tags"]["mlflow.runName"].startswith("quickstart sweep optim.lr=1e-4,3e-4")
     assert parent["params"]["search.optim.lr"] == "1e-4,3e-4"
     assert parent["params"]["sweeper"] == "BasicSweeper"
