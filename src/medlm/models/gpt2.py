@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medlm.errors import ConfigError
-from medlm.models.kv_cache import KVCache, StaticKVCache, attention_inputs
+from medlm.models.kv_cache import KVCache, StaticKVCache, attention_inputs, new_kv_cache
 from medlm.utils.checks import (
     check_bool,
     check_positive_int,
@@ -202,20 +202,18 @@ class GPT2(nn.Module):
     ) -> KVCache | StaticKVCache:
         """A KV cache for ``max_len`` positions, on the model's device and dtype by default;
         ``static``: a :class:`StaticKVCache` (fixed shapes, for ``torch.compile``)."""
-        if max_len > self.config.block_size:
-            raise ConfigError(
-                f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}"
-            )
-        p = self.lm_head.weight
-        C, H = self.config.n_embd, self.config.n_head
-        return (StaticKVCache if static else KVCache)(
-            self.config.n_layer,
+        c = self.config
+        return new_kv_cache(
+            c.n_layer,
+            c.n_head,
+            c.n_embd // c.n_head,
+            c.block_size,
+            self.lm_head.weight,
             batch_size,
-            H,
             max_len,
-            C // H,
-            device=p.device if device is None else device,
-            dtype=p.dtype if dtype is None else dtype,
+            device,
+            dtype,
+            static,
         )
 
     def hidden_states(

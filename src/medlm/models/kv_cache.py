@@ -107,6 +107,33 @@ class StaticKVCache:
         """Nothing to do: the caller moves ``slots``."""
 
 
+def new_kv_cache(
+    n_layer: int,
+    n_kv_head: int,
+    head_dim: int,
+    block_size: int,
+    weight: Tensor,
+    batch_size: int,
+    max_len: int,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    static: bool = False,
+) -> KVCache | StaticKVCache:
+    """A model's empty cache for ``max_len`` positions (at most its ``block_size``), on the device
+    and dtype of ``weight`` unless given; ``static``: a :class:`StaticKVCache`."""
+    if max_len > block_size:
+        raise ConfigError(f"KV cache of {max_len} positions exceeds block_size {block_size}")
+    return (StaticKVCache if static else KVCache)(
+        n_layer,
+        batch_size,
+        n_kv_head,
+        max_len,
+        head_dim,
+        device=weight.device if device is None else device,
+        dtype=weight.dtype if dtype is None else dtype,
+    )
+
+
 def attention_inputs(
     idx: Tensor,
     pos: Tensor | None,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from medlm.errors import ConfigError
-from medlm.models.kv_cache import KVCache, StaticKVCache, attention_inputs
+from medlm.models.kv_cache import KVCache, StaticKVCache, attention_inputs, new_kv_cache
 from medlm.utils.checks import (
     check_bool,
     check_positive_int,
@@ -399,20 +399,18 @@ class Llama(nn.Module):
     ) -> KVCache | StaticKVCache:
         """An empty KVCache for this model's layers and heads, on its device and dtype by
         default; ``static``: a :class:`StaticKVCache` (fixed shapes, for ``torch.compile``)."""
-        if max_len > self.config.block_size:
-            raise ConfigError(
-                f"KV cache of {max_len} positions exceeds block_size {self.config.block_size}"
-            )
-        w = self.tok_embeddings.weight
         c = self.config
-        return (StaticKVCache if static else KVCache)(
+        return new_kv_cache(
             c.n_layer,
-            batch_size,
             c.n_kv_head,
-            max_len,
             c.head_dim,
-            device=w.device if device is None else device,
-            dtype=w.dtype if dtype is None else dtype,
+            c.block_size,
+            self.tok_embeddings.weight,
+            batch_size,
+            max_len,
+            device,
+            dtype,
+            static,
         )
 
     # ------------------------------------------------------------------------- checkpoints
