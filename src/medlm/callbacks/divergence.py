@@ -26,6 +26,7 @@ import lightning.pytorch as L
 import torch
 from torch import Tensor
 
+from medlm.callbacks.step_loss import step_loss
 from medlm.errors import TrainingDiverged
 
 
@@ -54,10 +55,7 @@ class DivergenceGuard(L.Callback):
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor
     ) -> None:
-        value = loss.detach().float()
-        if pl_module.automatic_optimization:  # Lightning divided it by the accumulation count
-            value = value * trainer.accumulate_grad_batches
-        self._losses.append(value)
+        self._losses.append(step_loss(loss.detach().float(), trainer, pl_module))
 
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning.pytorch as L
 
+from medlm.callbacks.step_loss import step_loss
 from medlm.utils.plots import save_figure
 from medlm.utils.tracking import log_artifact
 
@@ -29,10 +30,7 @@ class LossPlot(L.Callback):
     ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
-            value = float(loss)
-            if pl_module.automatic_optimization:  # Lightning divided it by the accumulation count
-                value *= trainer.accumulate_grad_batches
-            self.train.append((trainer.global_step, value))
+            self.train.append((trainer.global_step, float(step_loss(loss, trainer, pl_module))))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         val = trainer.callback_metrics.get("val/loss")
